@@ -1,0 +1,149 @@
+"""LRP-aware building blocks: pooling, flattening and residual sums as Flax modules.
+
+Interceptors and module views only see *modules*; a bare ``jnp.mean`` or ``x + y`` inside a
+``__call__`` is invisible to them. These small modules make pooling and residual adds visible,
+so the LRP front-ends can give them their proper rule (Montavon et al. 2018, Sec. 5.3):
+
+* ``AvgPool`` / ``SumPool`` -> ``Norm`` (proportional split R_j = a_j / sum_j a_j * R_k);
+* ``MaxPool`` -> winner-take-all (the plain gradient);
+* ``Add`` (residual sum) -> ``Norm``.
+
+Pooling uses a reshape (window == stride, no padding): on XLA:CPU this is much faster in the
+backward pass than ``flax.nnx.max_pool``'s select-and-scatter.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import linen as nn
+from flax import nnx
+
+__all__ = [
+    "avg_pool", "sum_pool", "max_pool", "flatten",
+    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add",
+    "LinenAvgPool", "LinenSumPool", "LinenMaxPool", "LinenFlatten", "LinenAdd",
+]
+
+
+def _windows(x: jax.Array, window: int) -> jax.Array:
+    """Reshape NHWC ``x`` to (N, H/w, w, W/w, w, C); H and W must be divisible by ``window``."""
+    if x.ndim != 4:
+        raise ValueError(f"pooling expects NHWC input with 4 dimensions, got shape {x.shape}")
+    n, h, w, c = x.shape
+    if h % window or w % window:
+        raise ValueError(f"pooling window {window} does not divide the spatial shape {(h, w)}")
+    return x.reshape(n, h // window, window, w // window, window, c)
+
+
+def sum_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping sum pooling, z_k = sum_{j in window k} a_j."""
+    return _windows(x, window).sum(axis=(2, 4))
+
+
+def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping average pooling, z_k = mean_{j in window k} a_j."""
+    return _windows(x, window).mean(axis=(2, 4))
+
+
+def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping max pooling, z_k = max_{j in window k} a_j."""
+    return _windows(x, window).max(axis=(2, 4))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """Flatten all but the batch axis (NHWC order)."""
+    return x.reshape(x.shape[0], -1)
+
+
+# ---------------------------------------------------------------- Flax NNX modules
+class AvgPool(nnx.Module):
+    """Average pooling over ``window`` x ``window`` blocks (LRP: Norm rule)."""
+
+    def __init__(self, window: int = 2):
+        self.window = window
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return avg_pool(x, self.window)
+
+
+class SumPool(nnx.Module):
+    """Sum pooling over ``window`` x ``window`` blocks (LRP: Norm rule)."""
+
+    def __init__(self, window: int = 2):
+        self.window = window
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return sum_pool(x, self.window)
+
+
+class MaxPool(nnx.Module):
+    """Max pooling over ``window`` x ``window`` blocks (LRP: winner-take-all)."""
+
+    def __init__(self, window: int = 2):
+        self.window = window
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return max_pool(x, self.window)
+
+
+class Flatten(nnx.Module):
+    """Flatten all but the batch axis (LRP: relevance passes unchanged)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return flatten(x)
+
+
+class Add(nnx.Module):
+    """Residual sum z = x + y (LRP: Norm rule, R_x = x / (x + y) R, R_y = y / (x + y) R)."""
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        return x + y
+
+
+# ---------------------------------------------------------------- Flax Linen twins
+class LinenAvgPool(nn.Module):
+    """Linen twin of :class:`AvgPool`."""
+
+    window: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return avg_pool(x, self.window)
+
+
+class LinenSumPool(nn.Module):
+    """Linen twin of :class:`SumPool`."""
+
+    window: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return sum_pool(x, self.window)
+
+
+class LinenMaxPool(nn.Module):
+    """Linen twin of :class:`MaxPool`."""
+
+    window: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return max_pool(x, self.window)
+
+
+class LinenFlatten(nn.Module):
+    """Linen twin of :class:`Flatten`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return flatten(x)
+
+
+class LinenAdd(nn.Module):
+    """Linen twin of :class:`Add`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        return x + y
+
+
