@@ -4,4 +4,13 @@ Implements the methods of Montavon, Samek & Mueller, "Methods for interpreting a
 understanding deep neural networks", Digital Signal Processing 73 (2018).
 """
 
+from . import composites, layers, rules
+from .composites import Composite
+from .explain import describe, gradient, gradient_x_input, relevance, sensitivity
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "relevance", "sensitivity", "gradient", "gradient_x_input", "describe",
+    "rules", "composites", "layers", "Composite",
+]

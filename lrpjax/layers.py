@@ -6,7 +6,10 @@ so the LRP front-ends can give them their proper rule (Montavon et al. 2018, Sec
 
 * ``AvgPool`` / ``SumPool`` -> ``Norm`` (proportional split R_j = a_j / sum_j a_j * R_k);
 * ``MaxPool`` -> winner-take-all (the plain gradient);
-* ``Add`` (residual sum) -> ``Norm``.
+* ``Add`` (residual sum) -> ``Norm``;
+* ``ReLU`` -> ``Pass`` (relevance passes unchanged, as in Zennit). A bare ``jax.nn.relu`` passes
+  the gradient instead, R * [z > 0]; both agree unless a rule that does not multiply by its
+  input (Flat, w^2) sits above the activation.
 
 Pooling uses a reshape (window == stride, no padding): on XLA:CPU this is much faster in the
 backward pass than ``flax.nnx.max_pool``'s select-and-scatter.
@@ -15,13 +18,14 @@ backward pass than ``flax.nnx.max_pool``'s select-and-scatter.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
 __all__ = [
     "avg_pool", "sum_pool", "max_pool", "flatten",
-    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add",
-    "LinenAvgPool", "LinenSumPool", "LinenMaxPool", "LinenFlatten", "LinenAdd",
+    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add", "ReLU",
+    "LinenAvgPool", "LinenSumPool", "LinenMaxPool", "LinenFlatten", "LinenAdd", "LinenReLU",
 ]
 
 
@@ -46,8 +50,15 @@ def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:
 
 
 def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
-    """Non-overlapping max pooling, z_k = max_{j in window k} a_j."""
-    return _windows(x, window).max(axis=(2, 4))
+    """Non-overlapping max pooling, z_k = max_{j in window k} a_j.
+
+    Its gradient (and LRP relevance) goes to the *first* maximum of each window in row-major
+    order (winner-take-all, ties as in torch/Zennit), not split among ties.
+    """
+    blocks = _windows(x, window).transpose(0, 1, 3, 5, 2, 4)  # (N, H/w, W/w, C, w, w)
+    blocks = blocks.reshape(*blocks.shape[:4], window * window)
+    first = jnp.argmax(blocks, axis=-1)
+    return jnp.take_along_axis(blocks, first[..., None], axis=-1)[..., 0]
 
 
 def flatten(x: jax.Array) -> jax.Array:
@@ -100,6 +111,13 @@ class Add(nnx.Module):
         return x + y
 
 
+class ReLU(nnx.Module):
+    """max(0, x) as a module, so LRP can pass relevance through it unchanged (Pass)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x)
+
+
 # ---------------------------------------------------------------- Flax Linen twins
 class LinenAvgPool(nn.Module):
     """Linen twin of :class:`AvgPool`."""
@@ -147,3 +165,11 @@ class LinenAdd(nn.Module):
         return x + y
 
 
+
+
+class LinenReLU(nn.Module):
+    """Linen twin of :class:`ReLU`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x)

@@ -1,0 +1,338 @@
+"""LRP rules as small frozen dataclasses (Montavon et al. 2018, Sec. 5; Montavon et al. 2019).
+
+Each rule maps the relevance R of a layer's outputs z = W a + b onto its inputs a. Notation:
+W+ = max(W, 0), W- = min(W, 0) (likewise a+, a-, b+, b-), "W^T s" is the transpose of the layer
+applied to s (a VJP), and the stabilizer is stab(z) = z + eps * sign(z) with sign(0) := +1.
+The semantics follow Zennit 1.x / 0.5 so numbers are comparable; the tests check them against a
+float64 NumPy reference and against Zennit fixtures.
+
+Implementation note. The sign-split rules (z+, alpha-beta, gamma) need the products W+- a+-.
+When every input is >= 0 (any layer after a ReLU) half of them vanish; a runtime branch
+(``lax.cond``) takes that cheap path and keeps the general one exact for signed inputs. Every
+product is computed directly: difference forms such as W+^T = (W^T + |W|^T)/2 lose all digits
+in float32 where a denominator is nearly 0 and s = R / stab(.) is huge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .core import LayerFn, is_bias_path, map_params, vjp_input
+
+__all__ = [
+    "stabilize", "Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "WSquare", "Flat", "Pass",
+    "Norm", "Gradient",
+]
+
+Array = jax.Array
+Inputs = tuple[Array, ...]
+
+
+# ------------------------------------------------------------------ helpers
+def stabilize(z: Array, epsilon: float | Array) -> Array:
+    """stab(z) = z + epsilon * sign(z), with sign(0) := +1 (Zennit's convention)."""
+    return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+
+
+def _divide(R: Array, d: Array) -> Array:
+    """s = R / d with s := 0 where d == 0 (dead neurons give zeros, never NaN)."""
+    zero = d == 0
+    return jnp.where(zero, jnp.zeros_like(R), R / jnp.where(zero, jnp.ones_like(d), d))
+
+
+def _one(rule: Any, inputs: Inputs) -> Array:
+    if len(inputs) != 1:
+        raise ValueError(f"{type(rule).__name__} applies to layers with one input, got {len(inputs)}")
+    return inputs[0]
+
+
+def _zero_bias(params: Any) -> Any:
+    return map_params(params, bias=jnp.zeros_like)
+
+
+def _bias_out(fwd: LayerFn, params: Any, a: Array, z: Array) -> Array:
+    """The bias as it appears in the output, b_out = fwd(params, 0)."""
+    leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+              if is_bias_path(path) and hasattr(leaf, "shape")]
+    if not leaves:
+        return jnp.zeros_like(z)
+    if len(leaves) == 1:
+        try:
+            return jnp.broadcast_to(leaves[0], z.shape).astype(z.dtype)
+        except ValueError:
+            pass
+    return fwd(params, jnp.zeros_like(a))
+
+
+def _sign_split(a: Array, nonnegative, general) -> Array:
+    """``nonnegative(a)`` when every a >= 0 (after a ReLU: half the products vanish), else
+    ``general(a)``; a runtime branch, so both are exact and the common case is cheap."""
+    return jax.lax.cond(jnp.all(a >= 0), nonnegative, general, a)
+
+
+def _pos_neg(params: Any, zero_bias: bool = True) -> tuple[Any, Any]:
+    """Parameters with W+ (and b+ unless ``zero_bias``) and with W- (b-)."""
+    bias_p = jnp.zeros_like if zero_bias else (lambda c: jnp.maximum(c, 0))
+    bias_n = jnp.zeros_like if zero_bias else (lambda c: jnp.minimum(c, 0))
+    return (map_params(params, weight=lambda w: jnp.maximum(w, 0), bias=bias_p),
+            map_params(params, weight=lambda w: jnp.minimum(w, 0), bias=bias_n))
+
+
+def _linear_parts(fwd: LayerFn, params: Any, a: Array, z: Array, zero_bias: bool):
+    """Return (params used, z, b_out, W a, W^T) for a layer z = W a + b."""
+    p = _zero_bias(params) if zero_bias else params
+    z_full, W_T = vjp_input(fwd, p, a)
+    if zero_bias:
+        z = z_full
+        b = jnp.zeros_like(z)
+    else:
+        b = _bias_out(fwd, p, a, z)
+    return p, z, b, z - b, W_T
+
+
+# ------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class Epsilon:
+    """LRP-epsilon: R_j = a_j sum_k w_jk R_k / stab(z_k), z_k = sum_j a_j w_jk + b_k.
+
+    ``epsilon=0`` is LRP-0. With ``rms=True`` the stabilizer is epsilon * RMS(z) per sample
+    (the LRP tutorial's middle layers; RMS over all output axes but the first).
+    """
+
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+    rms: bool = False
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        p = _zero_bias(params) if self.zero_bias else params
+        z_full, W_T = vjp_input(fwd, p, a)
+        if self.zero_bias:
+            z = z_full
+        eps = self.epsilon
+        if self.rms:
+            axes = tuple(range(1, z.ndim))
+            eps = eps * jnp.sqrt(jnp.mean(jnp.square(z), axis=axes, keepdims=True))
+        return (a * W_T(_divide(R, stabilize(z, eps))),)
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    """LRP-alpha-beta (Bach et al. 2015 with this paper's convention alpha - beta = 1, beta >= 0).
+
+    R_j = sum_k (alpha (a+w+ + a-w-)_jk / stab(u_k + b+_k) - beta (a+w- + a-w+)_jk / stab(v_k + b-_k)) R_k
+    with u = W+ a+ + W- a-, v = W- a+ + W+ a-. alpha=1, beta=0 is z+ (deep Taylor for ReLU nets).
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beta < 0 or not np.isclose(self.alpha - self.beta, 1.0, rtol=0, atol=1e-12):
+            raise ValueError(
+                f"AlphaBeta needs alpha - beta = 1 and beta >= 0 (Montavon et al. 2018), "
+                f"got alpha={self.alpha}, beta={self.beta} (alpha - beta = {self.alpha - self.beta})"
+            )
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        p = _zero_bias(params) if self.zero_bias else params
+        w_pos, w_neg = _pos_neg(p)
+        b = _bias_out(fwd, p, a, z)
+        b_pos, b_neg = jnp.maximum(b, 0), jnp.minimum(b, 0)
+        alpha, beta, eps = self.alpha, self.beta, self.epsilon
+
+        def nonnegative(a: Array) -> Array:  # a- = 0
+            u, T_pos = vjp_input(fwd, w_pos, a)
+            v, T_neg = vjp_input(fwd, w_neg, a)
+            r = alpha * T_pos(_divide(R, stabilize(u + b_pos, eps)))
+            if beta:
+                r = r - beta * T_neg(_divide(R, stabilize(v + b_neg, eps)))
+            return a * r
+
+        def general(a: Array) -> Array:
+            a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
+            pp, T_pos = vjp_input(fwd, w_pos, a_pos)
+            nn_, T_neg = vjp_input(fwd, w_neg, a_neg)
+            s = _divide(R, stabilize(pp + nn_ + b_pos, eps))
+            r = alpha * (a_pos * T_pos(s) + a_neg * T_neg(s))
+            if beta:
+                v = fwd(w_neg, a_pos) + fwd(w_pos, a_neg)
+                s = _divide(R, stabilize(v + b_neg, eps))
+                r = r - beta * (a_pos * T_neg(s) + a_neg * T_pos(s))
+            return r
+
+        return (_sign_split(a, nonnegative, general),)
+
+
+@dataclass(frozen=True)
+class ZPlus:
+    """LRP-z+ (alpha1-beta0): R_j = sum_k (a+_j w+_jk + a-_j w-_jk) / stab(u_k + b+_k) R_k."""
+
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        rule = AlphaBeta(1.0, 0.0, epsilon=self.epsilon, zero_bias=self.zero_bias)
+        return rule(fwd, params, inputs, z, R)
+
+
+@dataclass(frozen=True)
+class Gamma:
+    """LRP-gamma (Montavon et al. 2019): weights W + gamma W+ for positive, W + gamma W- for
+    negative contributions, chosen by the sign of the output z_k (Zennit's four-term form).
+
+    With P = W + gamma W+, M = W + gamma W-, b_P = b + gamma b+, b_M = b + gamma b-:
+    s_p = [z > 0] R / stab(P a+ + M a- + b_P), s_n = [z < 0] R / stab(M a+ + P a- + b_M),
+    R = a+ (P^T s_p + M^T s_n) + a- (M^T s_p + P^T s_n)
+      = (1 + gamma/2) a W^T(s_p + s_n) + gamma/2 |a| |W|^T(s_p - s_n).
+    """
+
+    gamma: float = 0.25
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"Gamma needs gamma >= 0, got {self.gamma}")
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        g, eps = self.gamma, self.epsilon
+        p = _zero_bias(params) if self.zero_bias else params
+        if self.zero_bias:
+            z = fwd(p, a)
+        P = map_params(p, weight=lambda w: w + g * jnp.maximum(w, 0),
+                       bias=lambda c: c + g * jnp.maximum(c, 0))
+        M = map_params(p, weight=lambda w: w + g * jnp.minimum(w, 0),
+                       bias=lambda c: c + g * jnp.minimum(c, 0))
+
+        def nonnegative(a: Array) -> Array:  # a- = 0
+            out_p, P_T = vjp_input(fwd, P, a)
+            out_n, M_T = vjp_input(fwd, M, a)
+            s_p = jnp.where(z > 0, _divide(R, stabilize(out_p, eps)), 0.0)
+            s_n = jnp.where(z < 0, _divide(R, stabilize(out_n, eps)), 0.0)
+            return a * (P_T(s_p) + M_T(s_n))
+
+        def general(a: Array) -> Array:
+            a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
+            P0, M0 = _zero_bias(P), _zero_bias(M)
+            pa, P_T = vjp_input(fwd, P, a_pos)
+            ma, M_T = vjp_input(fwd, M, a_pos)
+            s_p = jnp.where(z > 0, _divide(R, stabilize(pa + fwd(M0, a_neg), eps)), 0.0)
+            s_n = jnp.where(z < 0, _divide(R, stabilize(ma + fwd(P0, a_neg), eps)), 0.0)
+            return a_pos * (P_T(s_p) + M_T(s_n)) + a_neg * (M_T(s_p) + P_T(s_n))
+
+        return (_sign_split(a, nonnegative, general),)
+
+
+@dataclass(frozen=True, eq=False)
+class ZBox:
+    """z^B rule for inputs in a box low <= x <= high (Montavon et al. 2017, deep Taylor).
+
+    R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z_j - (W+ l + b+)_j - (W- h + b-)_j) R_j.
+    ``low``/``high`` are scalars or arrays that broadcast to the input (hashed by identity).
+    """
+
+    low: float | Array | np.ndarray = 0.0
+    high: float | Array | np.ndarray = 1.0
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        try:
+            low = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
+            high = jnp.broadcast_to(jnp.asarray(self.high, a.dtype), a.shape)
+        except ValueError as err:
+            raise ValueError(
+                f"ZBox bounds of shapes {np.shape(self.low)} / {np.shape(self.high)} do not "
+                f"broadcast to the layer input of shape {a.shape}"
+            ) from err
+        p, z, b, _, W_T = _linear_parts(fwd, params, a, z, self.zero_bias)
+        pos = map_params(p, weight=lambda w: jnp.maximum(w, 0), bias=lambda c: jnp.maximum(c, 0))
+        neg = map_params(p, weight=lambda w: jnp.minimum(w, 0), bias=lambda c: jnp.minimum(c, 0))
+        s = _divide(R, stabilize(z - fwd(pos, low) - fwd(neg, high), self.epsilon))
+        absW = map_params(p, weight=jnp.abs, bias=jnp.zeros_like)
+        _, abs_T = vjp_input(fwd, absW, a)
+        # a W^T s - l W+^T s - h W-^T s = (a - (l+h)/2) W^T s - (l-h)/2 |W|^T s
+        return ((a - 0.5 * (low + high)) * W_T(s) - 0.5 * (low - high) * abs_T(s),)
+
+
+def _uniform_input_rule(weight_fn, bias_fn, fwd: LayerFn, params: Any, a: Array, R: Array,
+                        eps: float) -> Array:
+    p = map_params(params, weight=weight_fn, bias=bias_fn)
+    ones = jnp.ones_like(a)
+    z, W_T = vjp_input(fwd, p, ones)
+    return W_T(_divide(R, stabilize(z, eps)))
+
+
+@dataclass(frozen=True)
+class WSquare:
+    """w^2 rule for unbounded real inputs: R_i = sum_j w_ij^2 / (sum_i w_ij^2 + b_j^2) R_j.
+
+    As in Zennit the bias is squared too (``zero_bias=True`` drops it).
+    """
+
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        bias = jnp.zeros_like if self.zero_bias else jnp.square
+        return (_uniform_input_rule(jnp.square, bias, fwd, params, a, R, self.epsilon),)
+
+
+@dataclass(frozen=True)
+class Flat:
+    """Flat rule: R_i = sum_j 1 / (#inputs in the receptive field of j) R_j (weights -> 1)."""
+
+    epsilon: float = 1e-6
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        return (_uniform_input_rule(jnp.ones_like, jnp.zeros_like, fwd, params, a, R,
+                                    self.epsilon),)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Proportional split R_j = a_j (dz_k/da_j) R_k / stab(z_k) — sum/avg pooling, residual adds.
+
+    For sum pooling z_k = sum_j a_j this is R_j = a_j / sum_j a_j R_k (Montavon et al. 2018,
+    Sec. 5.3); for z = x + y it splits R in proportion x : y.
+    """
+
+    epsilon: float = 1e-6
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        _, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
+        grads = pull(_divide(R, stabilize(z, self.epsilon)))
+        return tuple(x * g for x, g in zip(inputs, grads, strict=True))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Relevance passes unchanged (activations, reshapes): R_in = R_out (reshaped to the input)."""
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        a = _one(self, inputs)
+        if a.size != R.size:
+            raise ValueError(f"Pass needs as many inputs as outputs, got {a.shape} -> {R.shape}")
+        return (R.reshape(a.shape),)
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """The plain gradient (for max pooling: winner-take-all, Montavon et al. 2018, Sec. 5.3)."""
+
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+        _, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
+        return tuple(pull(R))
