@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
+from . import jaxpr as jaxpr_frontend
 from . import linen as linen_frontend
 from . import nnx as nnx_frontend
 from .composites import Composite
@@ -75,7 +76,10 @@ def _lrp_fn(model: Any, variables: Any, composite: Composite, x: Array, strict: 
         return linen_frontend.lrp_function(model, variables, composite, x, strict=strict)
     if isinstance(model, nnx.Module):
         return nnx_frontend.lrp_function(model, composite, x, strict=strict)
-    raise TypeError(f"LRP needs an nnx.Module or a Linen module, got {type(model).__name__}")
+    if callable(model):
+        return jaxpr_frontend.lrp_function(model, variables, composite, x, strict=strict,
+                                           on_unsupported="warn")
+    raise TypeError(f"cannot explain an object of type {type(model).__name__}")
 
 
 def output_relevance_check(out: Any, target: Array) -> None:
@@ -119,12 +123,19 @@ def output_relevance(
     raise ValueError(f"output_relevance must be 'logit' or 'onehot', got {mode!r}")
 
 
+_STATIC_NAMES = ("composite", "mode", "strict", "target_fn")
+
+
 def relevance(
     model: Any, x: Array, *, composite: Composite, target: Target = None, variables: Any = None,
-    output_relevance: Literal["logit", "onehot"] = "logit", strict: bool = True,
+    params: Any = None, output_relevance: Literal["logit", "onehot"] = "logit",
+    strict: bool = True, on_unsupported: Literal["raise", "warn"] = "raise",
 ) -> Array:
     """LRP heatmaps R (shaped like x): relevance propagated from the output to the input.
 
+    ``model``: an ``nnx.Module``; a Linen module with ``variables``; or any JAX function
+    ``fn(params, x)`` (or ``fn(x)``), explained through its jaxpr (:mod:`lrpjax.jaxpr`; primitives
+    without a rule raise, or warn with ``on_unsupported="warn"``).
     The output relevance is one-hot(target) x f(x) (so sum_i R_i ~ f_c(x) where rules
     conserve) or one-hot(target). Raises for unsupported layers unless ``strict=False``.
     Compiled once per model structure, composite and input shape (``jax.jit`` inside).
@@ -135,6 +146,8 @@ def relevance(
     if output_relevance not in ("logit", "onehot"):
         raise ValueError(f"output_relevance must be 'logit' or 'onehot', got {output_relevance!r}")
     target_fn, target_arr = _split_target(target)
+    if params is not None and variables is None and not isinstance(model, (nn.Module, nnx.Module)):
+        variables = params
     if target_arr is not None and _concrete(target_arr):
         out = jax.eval_shape(forward_fn(model, variables), x)
         output_relevance_check(out, target_arr)
@@ -146,7 +159,19 @@ def relevance(
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
         return _nnx_relevance(graphdef, state, x, target_arr, **static)
-    raise TypeError(f"LRP needs an nnx.Module or a Linen module, got {type(model).__name__}")
+    if callable(model):
+        return _fn_relevance(model, variables, x, target_arr, on_unsupported=on_unsupported,
+                             **static)
+    raise TypeError(f"cannot explain an object of type {type(model).__name__}: pass an "
+                    "nnx.Module, a Linen module with variables, or a function fn(params, x)")
+
+
+@partial(jax.jit, static_argnums=(0,), static_argnames=(*_STATIC_NAMES, "on_unsupported"))
+def _fn_relevance(fn: Callable, params: Any, x: Array, target_arr: Any, *, composite: Composite,
+                  mode: str, strict: bool, target_fn: Any, on_unsupported: str) -> Array:
+    f, _ = jaxpr_frontend.lrp_function(fn, params, composite, x, strict=strict,
+                                       on_unsupported=on_unsupported)
+    return _propagate(f, x, target_arr, target_fn, mode)
 
 
 def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
@@ -168,17 +193,17 @@ def _propagate(fn: Callable, x: Array, target_arr: Any, target_fn: Any, mode: st
     return R
 
 
-_STATIC = ("composite", "mode", "strict", "target_fn")
 
 
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC)
+
+@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC_NAMES)
 def _nnx_relevance(graphdef: Any, state: Any, x: Array, target_arr: Any, *, composite: Composite,
                    mode: str, strict: bool, target_fn: Any) -> Array:
     fn, _ = nnx_frontend.lrp_function(nnx.merge(graphdef, state), composite, x, strict=strict)
     return _propagate(fn, x, target_arr, target_fn, mode)
 
 
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC)
+@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC_NAMES)
 def _linen_relevance(model: nn.Module, variables: Any, x: Array, target_arr: Any, *,
                      composite: Composite, mode: str, strict: bool, target_fn: Any) -> Array:
     fn, _ = linen_frontend.lrp_function(model, variables, composite, x, strict=strict)
@@ -205,10 +230,12 @@ def gradient_x_input(model: Any, x: Array, *, target: Target = None, variables: 
 
 
 def describe(
-    model: Any, composite: Composite, x: Array, *, variables: Any = None, strict: bool = False
+    model: Any, composite: Composite, x: Array, *, variables: Any = None, params: Any = None,
+    strict: bool = False,
 ) -> Coverage:
     """The coverage report: per layer path, layer type and the rule it gets (or "plain gradient"
     and why). ``print(describe(...))`` shows a table."""
     x = _check_input(x)
-    _, coverage = _lrp_fn(model, variables, composite, x, strict)
+    _, coverage = _lrp_fn(model, variables if variables is not None else params, composite, x,
+                          strict)
     return coverage
