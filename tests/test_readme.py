@@ -1,0 +1,32 @@
+"""The README's example runs as written (with a one-epoch model instead of the cached one)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+import lrpjax.train
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_explain_example_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text()
+    section = text[text.index("## Explaining a prediction"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    real = lrpjax.train.load_or_train
+
+    def tiny(name, **kwargs):
+        config = lrpjax.train.TrainConfig(model=name, source="mnist5k", epochs=1, batch_size=32,
+                                          n_train=128)
+        return real(name, config=config, cache_dir=tmp_path, verbose=False)
+
+    monkeypatch.setattr(lrpjax.train, "load_or_train", tiny)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    R, x = np.asarray(scope["R"]), np.asarray(scope["x"])
+    assert R.shape == x.shape == (8, 28, 28, 1) and np.all(np.isfinite(R))
+    out = capsys.readouterr().out
+    assert "ZBox" in out and "Gamma" in out
