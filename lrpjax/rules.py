@@ -83,18 +83,6 @@ def _pos_neg(params: Any, zero_bias: bool = True) -> tuple[Any, Any]:
             map_params(params, weight=lambda w: jnp.minimum(w, 0), bias=bias_n))
 
 
-def _linear_parts(fwd: LayerFn, params: Any, a: Array, z: Array, zero_bias: bool):
-    """Return (params used, z, b_out, W a, W^T) for a layer z = W a + b."""
-    p = _zero_bias(params) if zero_bias else params
-    z_full, W_T = vjp_input(fwd, p, a)
-    if zero_bias:
-        z = z_full
-        b = jnp.zeros_like(z)
-    else:
-        b = _bias_out(fwd, p, a, z)
-    return p, z, b, z - b, W_T
-
-
 # ------------------------------------------------------------------ rules
 @dataclass(frozen=True)
 class Epsilon:
@@ -256,14 +244,14 @@ class ZBox:
                 f"ZBox bounds of shapes {np.shape(self.low)} / {np.shape(self.high)} do not "
                 f"broadcast to the layer input of shape {a.shape}"
             ) from err
-        p, z, b, _, W_T = _linear_parts(fwd, params, a, z, self.zero_bias)
-        pos = map_params(p, weight=lambda w: jnp.maximum(w, 0), bias=lambda c: jnp.maximum(c, 0))
-        neg = map_params(p, weight=lambda w: jnp.minimum(w, 0), bias=lambda c: jnp.minimum(c, 0))
-        s = _divide(R, stabilize(z - fwd(pos, low) - fwd(neg, high), self.epsilon))
-        absW = map_params(p, weight=jnp.abs, bias=jnp.zeros_like)
-        _, abs_T = vjp_input(fwd, absW, a)
-        # a W^T s - l W+^T s - h W-^T s = (a - (l+h)/2) W^T s - (l-h)/2 |W|^T s
-        return ((a - 0.5 * (low + high)) * W_T(s) - 0.5 * (low - high) * abs_T(s),)
+        p = _zero_bias(params) if self.zero_bias else params
+        z_p, W_T = vjp_input(fwd, p, a)
+        z = z_p if self.zero_bias else z
+        pos, neg = _pos_neg(p, zero_bias=False)
+        low_out, pos_T = vjp_input(fwd, pos, low)  # W+ l + b+
+        high_out, neg_T = vjp_input(fwd, neg, high)  # W- h + b-
+        s = _divide(R, stabilize(z - low_out - high_out, self.epsilon))
+        return (a * W_T(s) - low * pos_T(s) - high * neg_T(s),)
 
 
 def _uniform_input_rule(weight_fn, bias_fn, fwd: LayerFn, params: Any, a: Array, R: Array,
