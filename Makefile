@@ -24,6 +24,7 @@ reproduce: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/lrp_speed.py
 	$(PY) benchmarks/am_speed.py
+	$(PY) benchmarks/sharded_speed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lrpjax tests experiments benchmarks

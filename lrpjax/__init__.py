@@ -4,7 +4,8 @@ Implements the methods of Montavon, Samek & Mueller, "Methods for interpreting a
 understanding deep neural networks", Digital Signal Processing 73 (2018).
 """
 
-from . import composites, layers, models, rules
+from . import attribution, canonizers, composites, layers, models, rules
+from .attribution import integrated_gradients, smoothgrad
 from .composites import Composite
 from .explain import describe, gradient, gradient_x_input, relevance, sensitivity
 
@@ -12,5 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "relevance", "sensitivity", "gradient", "gradient_x_input", "describe",
-    "rules", "composites", "layers", "models", "Composite",
+    "smoothgrad", "integrated_gradients",
+    "rules", "composites", "layers", "models", "attribution", "canonizers", "Composite",
 ]

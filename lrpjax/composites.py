@@ -158,6 +158,14 @@ class Composite:
 
 
 # ------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class _FirstConv:
+    rule: Any
+
+    def __call__(self, info: LayerInfo) -> Any:
+        return self.rule if info.kind == "conv" and info.index == 0 else None
+
+
 def Uniform(rule: Any) -> Composite:  # noqa: N802 - preset names follow Zennit's
     """The same rule on every dense and convolutional layer."""
     return Composite(by_type({"dense": rule, "conv": rule}), name=f"Uniform[{rule}]")
@@ -180,10 +188,8 @@ def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1
     As in Zennit, z^B and gamma apply to convolutions only: on an MLP this is epsilon everywhere.
     """
 
-    def first_conv(info: LayerInfo) -> Any:
-        return ZBox(low, high) if info.kind == "conv" and info.index == 0 else None
-
-    return Composite(first_conv, by_type({"conv": Gamma(gamma), "dense": Epsilon(epsilon)}),
+    return Composite(_FirstConv(ZBox(low, high)),
+                     by_type({"conv": Gamma(gamma), "dense": Epsilon(epsilon)}),
                      name="EpsilonGammaBox")
 
 

@@ -25,7 +25,7 @@ _KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
     ((layers.MaxPool, layers.LinenMaxPool), "maxpool"),
     ((layers.Flatten, layers.LinenFlatten), "flatten"),
     ((layers.Add, layers.LinenAdd), "add"),
-    ((layers.ReLU, layers.LinenReLU), "activation"),
+    ((layers.ReLU, layers.LinenReLU, layers.Identity), "activation"),
     ((nnx.BatchNorm, nn.BatchNorm), "batchnorm"),
     ((nnx.Dropout, nn.Dropout), "dropout"),
 )

@@ -24,7 +24,7 @@ from flax import nnx
 
 __all__ = [
     "avg_pool", "sum_pool", "max_pool", "flatten",
-    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add", "ReLU",
+    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add", "ReLU", "Identity",
     "LinenAvgPool", "LinenSumPool", "LinenMaxPool", "LinenFlatten", "LinenAdd", "LinenReLU",
 ]
 
@@ -116,6 +116,13 @@ class ReLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(x)
+
+
+class Identity(nnx.Module):
+    """The identity, e.g. where a BatchNorm was folded away (LRP: Pass). Ignores keywords."""
+
+    def __call__(self, x: jax.Array, **kwargs: object) -> jax.Array:
+        return x
 
 
 # ---------------------------------------------------------------- Flax Linen twins

@@ -228,13 +228,25 @@ class ZBox:
     """z^B rule for inputs in a box low <= x <= high (Montavon et al. 2017, deep Taylor).
 
     R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z_j - (W+ l + b+)_j - (W- h + b-)_j) R_j.
-    ``low``/``high`` are scalars or arrays that broadcast to the input (hashed by identity).
+    ``low``/``high`` are scalars or arrays that broadcast to the input. Scalar bounds compare
+    and hash by value (equal composites share one compiled function); array bounds by identity.
     """
 
     low: float | Array | np.ndarray = 0.0
     high: float | Array | np.ndarray = 1.0
     epsilon: float = 1e-6
     zero_bias: bool = False
+
+    def _key(self) -> tuple:
+        scalar = all(isinstance(b, (int, float)) for b in (self.low, self.high))
+        return (float(self.low), float(self.high)) if scalar else (id(self.low), id(self.high))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ZBox) and self._key() == other._key()
+                and (self.epsilon, self.zero_bias) == (other.epsilon, other.zero_bias))
+
+    def __hash__(self) -> int:
+        return hash((ZBox, self._key(), self.epsilon, self.zero_bias))
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)

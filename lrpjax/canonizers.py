@@ -1,0 +1,222 @@
+"""Canonizers: pure transforms that make a model LRP-ready without changing its function.
+
+LRP's rules are defined for linear layers z = W a + b followed by elementwise activations
+(Montavon et al. 2018, Sec. 5). Batch normalization (Ioffe & Szegedy 2015) in inference mode is
+an affine map per channel,
+
+    BN(z) = (z - mu) * gamma / sqrt(sigma^2 + eps) + beta,
+
+so when it directly follows a linear layer z = W a + b, the pair is one linear layer
+
+    W' = W * gamma / sqrt(sigma^2 + eps),     b' = (b - mu) * gamma / sqrt(sigma^2 + eps) + beta
+
+(scaling the output channel, the last kernel axis, of ``nnx.Linear`` and ``nnx.Conv``). Folding
+before explaining gives the rules the layer they were derived for; propagating through the BN as
+a separate layer instead lets its shift absorb or inject relevance (the "BatchNorm breaks
+conservation" reports of other libraries).
+
+``fold_batchnorm`` returns a *new* model (``nnx.clone``; the original keeps its Variables) in
+which each folded ``BatchNorm`` is replaced by :class:`Identity`. Which layer a BN follows is
+read from one abstract forward pass on an example input: the BN must be the next module called
+after a Linear/Conv *and* receive exactly that layer's output (the same traced value), both
+called once. Anything else (an activation or a residual sum in between, a shared layer, BN in
+training mode, BN over a non-last axis) raises :class:`CanonizerError` naming the layer.
+
+Residual sums must be written with :class:`lrpjax.layers.Add` so the LRP front-ends see them and
+split relevance proportionally (Norm rule); a bare ``x + y`` is invisible to them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from . import layers
+
+__all__ = ["CanonizerError", "Identity", "batchnorm_pairs", "fold_batchnorm"]
+
+_LINEAR = (nnx.Linear, nnx.Conv)
+
+
+Identity = layers.Identity
+
+
+class CanonizerError(ValueError):
+    """A model cannot be canonized as requested (the message names the layer and why)."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    path: str
+    module: Any
+    args: tuple
+    kwargs: dict
+    out: Any
+
+
+class _Tap(nnx.Module):
+    """Records (path, module, inputs, output) of each call of a leaf module."""
+
+    def __init__(self, inner: nnx.Module, path: str, log: list):
+        self.inner = inner
+        self.path = path
+        self.log = log
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        self.log.append(_Call(self.path, self.inner, args, dict(kwargs), out))
+        return out
+
+
+def _is_leaf(module: nnx.Module) -> bool:
+    return not any(isinstance(n, nnx.Module) and n is not module
+                   for _, n in nnx.iter_graph(module))
+
+
+def _path(parts: tuple) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+def _trace(model: nnx.Module, x: Any) -> list[_Call]:
+    """Leaf-module calls of ``model(x)`` in forward order (one abstract evaluation)."""
+    log: list[_Call] = []
+    for parts, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm) and node.use_running_average is not True:
+            raise CanonizerError(f"cannot fold BatchNorm {_path(parts)!r}: it is in training "
+                                 "mode (batch statistics); call model.eval() first")
+
+    def tap(parts: tuple, node: Any) -> Any:
+        if isinstance(node, nnx.Module) and _is_leaf(node):
+            return _Tap(node, _path(parts), log)
+        return node
+
+    tapped = nnx.recursive_map(tap, model)
+    spec = jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    try:
+        jax.eval_shape(tapped, spec)
+    except Exception as err:
+        raise ValueError(f"the model cannot be evaluated on an input of shape {spec.shape} and "
+                         f"dtype {spec.dtype}: {type(err).__name__}: {err}") from err
+    return log
+
+
+def _check_pair(calls: list[_Call], i: int, counts: Counter) -> str:
+    """Why the BatchNorm call ``calls[i]`` cannot be folded ("" when it can)."""
+    bn = calls[i]
+    m: nnx.BatchNorm = bn.module
+    if counts[bn.path] > 1:
+        return f"it is called {counts[bn.path]} times"
+    if bn.kwargs.get("use_running_average", m.use_running_average) is not True:
+        return "it is in training mode (batch statistics); call model.eval() first"
+    if bn.kwargs.get("mask") is not None:
+        return "it is called with a mask"
+    ndim = len(bn.args[0].shape) if bn.args else 0
+    if m.axis not in (-1, ndim - 1):
+        return f"it normalizes axis {m.axis}, not the last (channel) axis"
+    prev = calls[i - 1] if i > 0 else None
+    if prev is None or not isinstance(prev.module, _LINEAR):
+        what = "nothing" if prev is None else f"{prev.path!r} ({type(prev.module).__name__})"
+        return (f"it does not directly follow a Linear/Conv layer (the module called before it "
+                f"is {what}); folding into a following layer is not implemented")
+    if not bn.args or bn.args[0] is not prev.out:
+        return (f"its input is not the output of {prev.path!r}: something happens in between "
+                "(e.g. an activation or a sum)")
+    if counts[prev.path] > 1:
+        return f"the layer before it, {prev.path!r}, is called {counts[prev.path]} times"
+    if prev.module.kernel.shape[-1] != m.num_features:
+        return (f"{prev.path!r} has {prev.module.kernel.shape[-1]} outputs, the BatchNorm "
+                f"{m.num_features} features")
+    return ""
+
+
+def batchnorm_pairs(model: nnx.Module, x: Any) -> list[tuple[str, str]]:
+    """``[(linear_path, batchnorm_path), ...]`` in forward order: the folds ``fold_batchnorm``
+    makes. ``x`` is an example input (an array or a ``jax.ShapeDtypeStruct``).
+
+    Raises :class:`CanonizerError` for a BatchNorm that cannot be folded.
+    """
+    calls = _trace(model, x)
+    counts = Counter(c.path for c in calls)
+    pairs, seen = [], set()
+    for i, call in enumerate(calls):
+        if not isinstance(call.module, nnx.BatchNorm) or call.path in seen:
+            continue
+        seen.add(call.path)
+        why = _check_pair(calls, i, counts)
+        if why:
+            raise CanonizerError(f"cannot fold BatchNorm {call.path!r} into a linear layer: {why}")
+        pairs.append((calls[i - 1].path, call.path))
+    return pairs
+
+
+def _fold(linear: nnx.Module, bn: nnx.BatchNorm) -> None:
+    """Fold ``bn`` into ``linear`` in place (``linear`` belongs to the cloned model).
+
+    Computed in float64 NumPy for concrete parameters (exact and no compilation), in JAX when
+    traced (folding inside ``jit``)."""
+    leaves = [linear.kernel[...], bn.mean[...], bn.var[...]]
+    dtype = leaves[0].dtype
+    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+        xp, work = jnp, jnp.promote_types(dtype, jnp.float32)
+        cast = lambda v: jnp.asarray(v, dtype)
+    else:
+        xp, work = np, np.float64
+        cast = lambda v: jax.device_put(np.asarray(v).astype(dtype))
+    kernel, mean, var = (xp.asarray(v, work) for v in leaves)
+    gamma = xp.asarray(bn.scale[...], work) if bn.scale is not None else xp.ones_like(mean)
+    beta = xp.asarray(bn.bias[...], work) if bn.bias is not None else xp.zeros_like(mean)
+    b = xp.asarray(linear.bias[...], work) if linear.bias is not None else xp.zeros_like(mean)
+    scale = gamma / xp.sqrt(var + bn.epsilon)
+    linear.kernel[...] = cast(kernel * scale)
+    new_bias = cast((b - mean) * scale + beta)
+    if linear.bias is not None:
+        linear.bias[...] = new_bias
+    else:
+        linear.bias = nnx.Param(new_bias)
+        linear.use_bias = True
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(x)
+
+
+def fold_batchnorm(model: nnx.Module, x: Any, *, check: bool = True) -> nnx.Module:
+    """A copy of ``model`` with every BatchNorm folded into the Linear/Conv layer before it.
+
+    ``x`` is an example input (array or ``jax.ShapeDtypeStruct``), used to find the call
+    order. The model must be in inference mode (``model.eval()``). The returned model computes
+    the same function (up to float rounding) with each BN replaced by :class:`Identity`; the
+    original is not modified. With ``check`` and a concrete ``x`` both models are run on ``x``
+    and a mismatch (e.g. the linear layer's output is also used elsewhere) raises
+    :class:`CanonizerError`. Models without BatchNorm come back as an unchanged copy.
+    """
+    pairs = batchnorm_pairs(model, x)
+    folded = nnx.clone(model)
+    if not pairs:
+        return folded
+    linear_of = {bn: lin for lin, bn in pairs}  # bn path -> linear path
+    modules = {_path(p): n for p, n in nnx.iter_graph(folded) if isinstance(n, nnx.Module)}
+    for bn_path, lin_path in linear_of.items():
+        _fold(modules[lin_path], modules[bn_path])
+
+    def replace(parts: tuple, node: Any) -> Any:
+        return Identity() if _path(parts) in linear_of else node
+
+    folded = nnx.recursive_map(replace, folded)
+    if check and not isinstance(x, jax.core.Tracer) and hasattr(x, "__array__"):
+        before, after = (np.asarray(_forward(*nnx.split(m), x)) for m in (model, folded))
+        scale = max(float(np.max(np.abs(before), initial=0.0)), 1.0)
+        err = float(np.max(np.abs(before - after), initial=0.0))
+        if not err <= 1e-4 * scale:
+            raise CanonizerError(
+                f"folding {pairs} changed the model output by {err:.3g} (scale {scale:.3g}): "
+                "a folded layer's output is probably also used elsewhere; fold by hand")
+    return folded
