@@ -12,7 +12,18 @@ from .explain import describe, gradient, gradient_x_input, relevance, sensitivit
 __version__ = "0.1.0"
 
 __all__ = [
-    "relevance", "sensitivity", "gradient", "gradient_x_input", "describe",
-    "smoothgrad", "integrated_gradients",
-    "rules", "composites", "layers", "models", "attribution", "canonizers", "Composite",
+    "Composite",
+    "attribution",
+    "canonizers",
+    "composites",
+    "describe",
+    "gradient",
+    "gradient_x_input",
+    "integrated_gradients",
+    "layers",
+    "models",
+    "relevance",
+    "rules",
+    "sensitivity",
+    "smoothgrad",
 ]

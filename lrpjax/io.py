@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "update_results", "read_results"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "read_results", "update_results"]
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from .core import apply_rule
 from .coverage import Coverage, LayerRow, UnsupportedLayerError
 from .rules import Gradient
 
-__all__ = ["lrp_function", "UnsupportedPrimitiveError"]
+__all__ = ["UnsupportedPrimitiveError", "lrp_function"]
 
 LINEAR = {"dot_general": "dense", "conv_general_dilated": "conv"}
 NORM = {"reduce_sum": "avgpool", "reduce_window_sum": "avgpool"}

@@ -23,9 +23,23 @@ from flax import linen as nn
 from flax import nnx
 
 __all__ = [
-    "avg_pool", "sum_pool", "max_pool", "flatten",
-    "AvgPool", "SumPool", "MaxPool", "Flatten", "Add", "ReLU", "Identity",
-    "LinenAvgPool", "LinenSumPool", "LinenMaxPool", "LinenFlatten", "LinenAdd", "LinenReLU",
+    "Add",
+    "AvgPool",
+    "Flatten",
+    "Identity",
+    "LinenAdd",
+    "LinenAvgPool",
+    "LinenFlatten",
+    "LinenMaxPool",
+    "LinenReLU",
+    "LinenSumPool",
+    "MaxPool",
+    "ReLU",
+    "SumPool",
+    "avg_pool",
+    "flatten",
+    "max_pool",
+    "sum_pool",
 ]
 
 

@@ -20,7 +20,7 @@ from .core import apply_rule
 from .coverage import Coverage, LayerRow, assign_rules, classify
 from .rules import Gradient
 
-__all__ = ["leaf_paths", "call_order", "lrp_view", "lrp_function"]
+__all__ = ["call_order", "leaf_paths", "lrp_function", "lrp_view"]
 
 _NO_WRAP = ("dropout",)
 

@@ -24,8 +24,17 @@ import numpy as np
 from .core import LayerFn, is_bias_path, map_params, vjp_input
 
 __all__ = [
-    "stabilize", "Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "WSquare", "Flat", "Pass",
-    "Norm", "Gradient",
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Gradient",
+    "Norm",
+    "Pass",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "stabilize",
 ]
 
 Array = jax.Array

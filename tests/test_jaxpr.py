@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from lrp_nets import SpecNet, random_net
+from reference_lrp import lrp as np_lrp
 
 import lrpjax
 from lrpjax import composites as C
 from lrpjax import rules as R
 from lrpjax.jaxpr import UnsupportedPrimitiveError
-from lrp_nets import SpecNet, random_net
-from reference_lrp import lrp as np_lrp
 
 
 def mlp_fn(params, x):

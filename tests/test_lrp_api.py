@@ -10,12 +10,12 @@ from flax import linen as nn
 from flax import nnx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from lrp_nets import SpecNet, linen_model, random_net
 
 import lrpjax
 from lrpjax import composites as C
 from lrpjax import rules as R
 from lrpjax.coverage import UnsupportedLayerError
-from lrp_nets import SpecNet, linen_model, random_net
 
 TIGHT = {
     "lrp0": R.Epsilon(0.0),

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import lrpjax
 from lrp_nets import SpecNet, composite_for, linen_model, random_net
 from reference_lrp import lrp as np_lrp
+
+import lrpjax
 
 RULES = {
     "eps0": ("eps", 0.0),

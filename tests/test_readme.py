@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_explain_example_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("## Explaining a prediction"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     real = lrpjax.train.load_or_train
 
     def tiny(name, **kwargs):

@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from lrp_nets import SpecNet
 
 import lrpjax
 from lrpjax import composites as C
 from lrpjax import rules as R
-from lrp_nets import SpecNet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ["zennit_mlp", "zennit_mlp_nobias", "zennit_mlp_signed", "zennit_cnn",
