@@ -91,7 +91,7 @@ class Coverage:
         body = [(r.path or "(root)", r.type_name, r.rule_name, r.note) for r in self.rows]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
         lines = [f"composite: {self.composite}"] if self.composite else []
-        fmt = "  ".join("{:<%d}" % w for w in widths)
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
         return "\n".join(line.rstrip() for line in lines)
@@ -121,8 +121,8 @@ def assign_rules(
         if rule is None and kind == "batchnorm":
             hint = "fold it into the adjacent linear layer first (lrpjax.canonizers)"
         else:
-            hint = ("assign a rule to it in the composite (e.g. by_path({%r: Gradient()})) "
-                    "or pass strict=False to let it use the plain gradient" % path)
+            hint = (f"assign a rule to it in the composite (e.g. by_path({{{path!r}: Gradient()}})) "
+                    "or pass strict=False to let it use the plain gradient")
         if rule is None and strict:
             raise UnsupportedLayerError(
                 f"layer {path!r} of type {type(module).__name__} is not supported by LRP: {hint}"

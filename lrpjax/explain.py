@@ -158,7 +158,8 @@ def relevance(
     if target_arr is not None and _concrete(target_arr):
         out = jax.eval_shape(forward_fn(model, variables), x)
         output_relevance_check(out, target_arr)
-    static = dict(composite=composite, mode=output_relevance, strict=strict, target_fn=target_fn)
+    static = {"composite": composite, "mode": output_relevance, "strict": strict,
+              "target_fn": target_fn}
     if isinstance(model, nn.Module):
         if variables is None:
             raise ValueError("a Linen module needs its variables: pass variables=...")

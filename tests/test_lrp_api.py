@@ -165,7 +165,7 @@ def test_targets_int_array_and_callable():
 
 
 def test_describe_positions_and_matchers():
-    model, net, x = _cnn()
+    model, _, x = _cnn()
     cov = lrpjax.describe(model, C.EpsilonPlusFlat(), x)
     rules = {row.path: type(row.rule).__name__ for row in cov.rows}
     assert rules == {"layers/0": "Flat", "layers/1": "Pass", "layers/2": "Norm",

@@ -65,7 +65,7 @@ def load(name: str):
 
 def _cases():
     for name in NAMES:
-        data, meta, _ = load(name)
+        _, meta, _ = load(name)
         for ruleset in meta["rulesets"]:
             yield name, ruleset
 
@@ -99,7 +99,7 @@ def test_matches_zennit_float64(name, ruleset):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_zennit_float32(name):
-    data, meta, net = load(name)
+    data, _, net = load(name)
     model = SpecNet(net)
     x = jnp.asarray(data["x"], jnp.float32)
     for ruleset in ("epsilon", "zplus", "alpha2beta1", "epsilon_plus_flat", "epsilon_gamma_box"):
