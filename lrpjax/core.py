@@ -14,7 +14,9 @@ Parameters are explicit arguments of ``fwd`` (never closed over), so the same co
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jax
@@ -30,7 +32,13 @@ LayerFn = Callable[..., Array]
 
 
 class Rule(Protocol):
-    """A relevance rule: ``rule(fwd, params, inputs, z, R) -> relevances of the inputs``."""
+    """A relevance rule: ``rule(fwd, params, inputs, z, R) -> relevances of the inputs``.
+
+    A rule whose class sets ``uses_input_signs = True`` is also called with ``nonneg=(bool,
+    ...)``: per input, True when the sign analysis of :mod:`lrpjax.signs` proved it >= 0 for
+    every possible input of the model (e.g. it comes out of a ReLU), so a cheaper, equal form
+    applies. Rules without the attribute never see the keyword.
+    """
 
     def __call__(
         self, fwd: LayerFn, params: Params, inputs: tuple[Array, ...], z: Array, R: Array
@@ -44,6 +52,18 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
     inputs, z, R_out), and zero cotangents for ``params``.
     """
 
+    marking = _MARKING.get()
+    if marking is not None:  # the sign-analysis trace: a named call the analysis can find
+        marking.append(tuple((x.shape, x.dtype) for x in inputs))
+
+        def marked(p: Params, *xs: Array) -> Array:
+            return fwd(p, *xs)
+
+        marked.__name__ = f"{MARKER}{len(marking) - 1}"
+        return jax.jit(marked)(params, *inputs)
+    nonneg = _next_signs(inputs)
+    signed = any(nonneg) and getattr(rule, "uses_input_signs", False)
+
     @jax.custom_vjp
     def layer(p: Params, *xs: Array) -> Array:
         return fwd(p, *xs)
@@ -54,7 +74,7 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
 
     def layer_bwd(res: tuple, R: Array) -> tuple:
         p, xs, z = res
-        R_in = rule(fwd, p, xs, z, R)
+        R_in = rule(fwd, p, xs, z, R, nonneg=nonneg) if signed else rule(fwd, p, xs, z, R)
         if len(R_in) != len(xs):
             raise ValueError(f"{rule!r} returned {len(R_in)} relevances for {len(xs)} inputs")
         R_in = tuple(r.astype(x.dtype) for r, x in zip(R_in, xs, strict=True))
@@ -62,6 +82,39 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
 
     layer.defvjp(layer_fwd, layer_bwd)
     return layer(params, *inputs)
+
+
+MARKER = "lrpjax_layer_"
+"""Name prefix of the jitted calls that mark LRP layers in the sign-analysis trace."""
+
+
+@dataclass
+class SignState:
+    """Per-call input signs proven by :mod:`lrpjax.signs`, consumed in call order."""
+
+    flags: list[tuple[bool, ...]]
+    shapes: list[tuple]
+    count: int = field(default=0)
+
+
+_MARKING: contextvars.ContextVar[list | None] = contextvars.ContextVar("lrpjax_marking",
+                                                                       default=None)
+_SIGNS: contextvars.ContextVar[SignState | None] = contextvars.ContextVar("lrpjax_signs",
+                                                                          default=None)
+
+
+def _next_signs(inputs: tuple) -> tuple[bool, ...]:
+    """The proven non-negativity of this call's inputs (all False when unknown or mismatched)."""
+    state, unknown = _SIGNS.get(), (False,) * len(inputs)
+    if state is None:
+        return unknown
+    k = state.count
+    state.count += 1
+    here = tuple((x.shape, x.dtype) for x in inputs)
+    if k >= len(state.flags) or state.shapes[k] != here:
+        state.flags = []  # the calls differ from the analysed trace: trust nothing from here on
+        return unknown
+    return state.flags[k]
 
 
 def _zero_cotangent(leaf: Any) -> Any:

@@ -25,6 +25,7 @@ from flax import nnx
 from . import jaxpr as jaxpr_frontend
 from . import linen as linen_frontend
 from . import nnx as nnx_frontend
+from . import signs
 from .composites import Composite
 from .coverage import Coverage
 
@@ -195,13 +196,11 @@ def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
 
 
 def _propagate(fn: Callable, x: Array, target_arr: Any, target_fn: Any, mode: str) -> Array:
-    y, pull = jax.vjp(fn, x)
+    with signs.known_signs(fn, x):  # layers behind ReLUs skip the a- products of z+/alpha-beta
+        y, pull = jax.vjp(fn, x)
     target = target_fn if target_fn is not None else target_arr
     (R,) = pull(output_relevance(y, target, mode))  # type: ignore[arg-type]
     return R
-
-
-
 
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC_NAMES)

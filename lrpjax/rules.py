@@ -15,7 +15,7 @@ error against the float64 reference instead of 3e-7).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +123,7 @@ class AlphaBeta:
     beta: float = 1.0
     epsilon: float = 1e-6
     zero_bias: bool = False
+    uses_input_signs: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.beta < 0 or not np.isclose(self.alpha - self.beta, 1.0, rtol=0, atol=1e-12):
@@ -131,13 +132,22 @@ class AlphaBeta:
                 f"got alpha={self.alpha}, beta={self.beta} (alpha - beta = {self.alpha - self.beta})"
             )
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
+                 nonneg: tuple[bool, ...] = (False,)) -> Inputs:
         a = _one(self, inputs)
         p = _zero_bias(params) if self.zero_bias else params
         w_pos, w_neg = _pos_neg(p)
         b = _bias_out(fwd, p, a, z)
         b_pos, b_neg = jnp.maximum(b, 0), jnp.minimum(b, 0)
         alpha, beta, eps = self.alpha, self.beta, self.epsilon
+
+        if nonneg[0]:  # a >= 0 proven (lrpjax.signs): a- = 0, so u = W+ a, v = W- a
+            u, T_pos = vjp_input(fwd, w_pos, a)
+            r = alpha * a * T_pos(_divide(R, stabilize(u + b_pos, eps)))
+            if beta:
+                v, T_neg = vjp_input(fwd, w_neg, a)
+                r = r - beta * a * T_neg(_divide(R, stabilize(v + b_neg, eps)))
+            return (r,)
 
         a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
         pp, T_pos = vjp_input(fwd, w_pos, a_pos)  # W+ a+ and the transpose of W+
@@ -157,10 +167,12 @@ class ZPlus:
 
     epsilon: float = 1e-6
     zero_bias: bool = False
+    uses_input_signs: ClassVar[bool] = True
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
+                 nonneg: tuple[bool, ...] = (False,)) -> Inputs:
         rule = AlphaBeta(1.0, 0.0, epsilon=self.epsilon, zero_bias=self.zero_bias)
-        return rule(fwd, params, inputs, z, R)
+        return rule(fwd, params, inputs, z, R, nonneg=nonneg)
 
 
 @dataclass(frozen=True)
