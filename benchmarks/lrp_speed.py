@@ -19,6 +19,16 @@ Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed
 venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing. Timings are
 printed and written (``--json``), never asserted. Targets: LRP-eps <= 1.1x the gradient,
 EpsilonGammaBox <= 1.5x, lrpjax >= 3x faster than Zennit per heatmap.
+
+What bounds the ratios (count the convolution-sized products per layer): the gradient costs a
+layer's forward product and one transpose. LRP-eps reuses the forward output: forward + one
+transpose, ~1x. z+ on a ReLU-fed layer (proven by lrpjax.signs): forward + W+ a + one transpose,
+~1.5x. Gamma needs its denominators z + gamma (u + b+) with u = (W a + |W||a|)/2 -- one extra
+product |W||a| -- and R = (1 + gamma/2) a W^T(s_p + s_n) + gamma/2 |a| |W|^T(s_p - s_n), two
+transposes: forward + 1 + 2, twice the gradient's FLOPs for that layer. EpsilonGammaBox
+therefore approaches 2x where gamma convolutions dominate a compute-bound run (the CNN on a
+CPU), and less where they do not (the MLP, where it is epsilon only; small batches on a GPU,
+where launches and memory traffic weigh more than FLOPs).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Everything takes plain callables, so it works with any model:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -155,6 +156,42 @@ def _bad(mask: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- pixel flipping
+@partial(jax.jit, static_argnames=("f", "explain", "recompute", "patch", "n_steps"))
+def _flip_run(xc, rc, replc, permc, tc, *, f, explain, recompute, patch, n_steps):
+    """One chunk of pixel flipping as a scan over steps (compiled once per f/explain/settings)."""
+    _, h, w, _ = xc.shape
+    gh, gw = h // patch, w // patch
+    n_patch = gh * gw
+    b = xc.shape[0]
+    bad = jnp.zeros((b,), bool)
+    if permc is not None:
+        ordc = permc[:, :n_steps]
+    elif not recompute:
+        if rc is None:
+            rc = _call(explain, xc, tc, xc.shape, "explain")
+            bad = ~jnp.isfinite(rc).reshape(b, -1).all(1)
+        ordc = flip_order(rc, patch)[:, :n_steps]
+
+    def step(carry, k):
+        xk, flipped, bad = carry
+        if recompute:  # greedy: most relevant unflipped patch of explain(x^{k-1})
+            pr = patch_relevance(_call(explain, xk, tc, xk.shape, "explain"), patch)
+            pr = pr.reshape(b, n_patch)
+            bad = bad | ~jnp.isfinite(pr).all(1)
+            choice = jnp.argmax(jnp.where(flipped, -jnp.inf, pr), axis=1)
+        else:
+            choice = ordc[:, k]
+        onehot = jnp.arange(n_patch)[None, :] == choice[:, None]
+        pix = jnp.broadcast_to(onehot.reshape(b, gh, 1, gw, 1, 1), (b, gh, patch, gw, patch, 1))
+        xk = jnp.where(pix.reshape(b, h, w, 1), replc, xk)
+        return (xk, flipped | onehot, bad), (_call(f, xk, tc, (b,), "f"), choice)
+
+    f0 = _call(f, xc, tc, (b,), "f")
+    init = (xc, jnp.zeros((b, n_patch), bool), bad)
+    (_, _, bad), (fs, chosen) = jax.lax.scan(step, init, jnp.arange(n_steps))
+    return jnp.concatenate([f0[:, None], fs.T], axis=1), chosen.T, bad
+
+
 def pixel_flipping(
     f: ScoreFn,
     x: Array,
@@ -198,7 +235,7 @@ def pixel_flipping(
     _check_nhwc(xn, "x")
     if not np.issubdtype(xn.dtype, np.floating):
         xn = xn.astype(np.float32)
-    n, h, w, _ = xn.shape
+    n = xn.shape[0]
     gh, gw = _grid(xn.shape, patch)
     n_patch = gh * gw
     n_steps = n_patch if steps is None else int(steps)
@@ -244,45 +281,16 @@ def pixel_flipping(
         if noise:  # drawn for all images at once: results do not depend on batch_size
             repl = _rng(key, 1).uniform(data_min, data_max, xn.shape).astype(xn.dtype)
 
-    def run(xc, rc, replc, permc, tc):
-        b = xc.shape[0]
-        bad = jnp.zeros((b,), bool)
-        if permc is not None:
-            ordc = permc[:, :n_steps]
-        elif not recompute:
-            if rc is None:
-                rc = _call(explain, xc, tc, xc.shape, "explain")
-                bad = ~jnp.isfinite(rc).reshape(b, -1).all(1)
-            ordc = flip_order(rc, patch)[:, :n_steps]
-
-        def step(carry, k):
-            xk, flipped, bad = carry
-            if recompute:  # greedy: most relevant unflipped patch of explain(x^{k-1})
-                pr = patch_relevance(_call(explain, xk, tc, xk.shape, "explain"), patch)
-                pr = pr.reshape(b, n_patch)
-                bad = bad | ~jnp.isfinite(pr).all(1)
-                choice = jnp.argmax(jnp.where(flipped, -jnp.inf, pr), axis=1)
-            else:
-                choice = ordc[:, k]
-            onehot = jnp.arange(n_patch)[None, :] == choice[:, None]
-            pix = jnp.broadcast_to(onehot.reshape(b, gh, 1, gw, 1, 1), (b, gh, patch, gw, patch, 1))
-            xk = jnp.where(pix.reshape(b, h, w, 1), replc, xk)
-            return (xk, flipped | onehot, bad), (_call(f, xk, tc, (b,), "f"), choice)
-
-        f0 = _call(f, xc, tc, (b,), "f")
-        init = (xc, jnp.zeros((b, n_patch), bool), bad)
-        (_, _, bad), (fs, chosen) = jax.lax.scan(step, init, jnp.arange(n_steps))
-        return jnp.concatenate([f0[:, None], fs.T], axis=1), chosen.T, bad
-
-    run_jit = jax.jit(run)
     bs = min(batch_size, n)
     curves, orders, bads = [], [], []
     for start in range(0, n, bs):  # pad the last chunk so that one compilation serves all
         idx = np.minimum(np.arange(start, start + bs), n - 1)
         m = min(bs, n - start)
-        out = run_jit(xn[idx], None if rn is None else rn[idx], repl[idx],
-                      None if perms is None else perms[idx],
-                      None if targets is None else np.asarray(targets)[idx])
+        out = _flip_run(xn[idx], None if rn is None else rn[idx], repl[idx],
+                        None if perms is None else perms[idx],
+                        None if targets is None else np.asarray(targets)[idx], f=f,
+                        explain=None if rn is not None or perms is not None else explain,
+                        recompute=recompute, patch=patch, n_steps=n_steps)
         for acc, o in zip((curves, orders, bads), out):
             acc.append(np.asarray(o)[:m])
     cur, bad = np.concatenate(curves), np.concatenate(bads)
