@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +27,7 @@ def random_net(rng: np.random.Generator, kind: str, *, bias: bool = True, pool: 
     if kind == "mlp":
         sizes = sizes or (12, 10, 8, 5)
         net: list = []
-        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes)):
             net.append(("dense", w(d_in, d_out), b(d_out)))
             if i < len(sizes) - 2:
                 net.append(("relu",))

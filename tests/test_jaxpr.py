@@ -59,7 +59,7 @@ def test_agrees_with_nnx_front_end_on_reference_models(name):
         assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) <= tol, comp
     rows = lrpjax.describe(fn, C.EpsilonGammaBox(0.0, 1.0), x, params=state).rows
     linear = [r for r in rows if r.kind in ("dense", "conv")]
-    assert [type(r.rule).__name__ for r in linear][0] == ("ZBox" if name != "mlp" else "Epsilon")
+    assert type(linear[0].rule).__name__ == ("ZBox" if name != "mlp" else "Epsilon")
     if name == "cnn":
         assert any(r.kind == "avgpool" and isinstance(r.rule, R.Norm) for r in rows)
 

@@ -25,7 +25,7 @@ def test_readme_explain_example_runs(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(lrpjax.train, "load_or_train", tiny)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - runs the README example
     R, x = np.asarray(scope["R"]), np.asarray(scope["x"])
     assert R.shape == x.shape == (8, 28, 28, 1) and np.all(np.isfinite(R))
     out = capsys.readouterr().out
