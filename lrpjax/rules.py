@@ -6,10 +6,12 @@ applied to s (a VJP), and the stabilizer is stab(z) = z + eps * sign(z) with sig
 The semantics follow Zennit 1.x / 0.5 so numbers are comparable; the tests check them against a
 float64 NumPy reference and against Zennit fixtures.
 
-Implementation note. The sign-split rules (z+, alpha-beta, gamma) need the products W+- a+-,
-each computed directly: difference forms such as W+^T = (W^T + |W|^T)/2 lose all digits in
-float32 where a denominator is nearly 0 and s = R / stab(.) is huge (measured: 6e-4 relative
-error against the float64 reference instead of 3e-7).
+Implementation notes. z+ and alpha-beta need the products W+- a+-, each computed directly:
+difference forms such as u = (W a + |W||a|)/2 lose all digits in float32 where u + b+ is nearly
+0 and s = R / stab(.) is huge (measured: 6e-4 relative error against the float64 reference
+instead of 3e-7). Where the sign analysis (:mod:`lrpjax.signs`) proves a layer's input >= 0,
+a- = 0 and half of those products are skipped. Gamma's denominators contain z itself and stay
+far from 0, so it uses the difference form: one extra product and two transposes.
 """
 
 from __future__ import annotations
