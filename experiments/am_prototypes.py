@@ -2,17 +2,28 @@
 
 * plain AM         x* = argmax_x log p(ω_c|x) − λ‖x − x̄‖²,  x̄ the mean training digit;
 * AM with expert   x* = argmax_x log p(ω_c|x) + β log p(x),  p a Gaussian-Bernoulli RBM;
-* AM in code space z* = argmax_z log p(ω_c|g(z)) − λ_z‖z‖², x* = g(z*), g a GAN generator.
+* AM in code space z* = argmax_z log p(ω_c|g(z)) + λ_z r(z), x* = g(z*), g a GAN generator
+  (a self-conditioned DCGAN, ``lrpjax.maximize.gan``) and r(z) = 2 log p(z) + const its
+  Gaussian-mixture code prior (= −‖z‖² for a standard normal prior).
 
 Pixel-space variants start at x̄ and stay in the data range [0, 1] (projection); each variant is
-one ``activation_maximization`` call over the 10 classes (and restarts in code space). The
+one ``activation_maximization`` call over the 10 classes. In code space every class gets its own
+restarts: the codes among 2,000 prior samples whose images the classifier rates highest for that
+class; the best restart per class (by the maximised objective) is the prototype.
+
+λ_z: the mixture components lie far apart (‖μ_k − μ_j‖ ≈ 23, unit variance), so a tiny λ_z
+(1e-5) lets z* drift between them, where the generator never got training codes, and g(z*)
+becomes blotches the classifier likes (min p 0.987, PPCA log-density 109). The default 1e-4
+keeps z* in the prior's typical set (‖z* − μ_k‖ ≈ √latent = 8, reported) at min p ≈ 0.97;
+3e-4 and 1e-3 give more natural prototypes (PPCA 423, 496) at min p 0.969, 0.958. The
 expert (GB-RBM) and the GAN are trained on the mnist5k *train* split (cached in checkpoints/);
 the naturalness of the prototypes is judged on the *test* split, which neither saw: the mean
 log-density under a PPCA model fitted there, and the distance to the nearest test digit.
 
 Writes ``<out>/am_prototypes.png`` and the "am" section of ``<out>/results.json``.
 
-    python experiments/am_prototypes.py            # quick defaults (~3-4 min on 2 CPU cores)
+    python experiments/am_prototypes.py            # quick defaults (~4 min on 2 CPU cores
+                                                   # with nothing cached, ~1 min cached)
     python experiments/am_prototypes.py --full     # longer training and optimisation
     python experiments/am_prototypes.py --smoke    # seconds: tiny runs in a temporary cache
 """
@@ -48,8 +59,9 @@ from lrpjax.maximize import (
     nnx_logits,
     pixel_log_prob,
     ppca_log_prob,
-    random_starts,
+    prior_regularizer,
     sample,
+    sample_codes,
 )
 from lrpjax.models import build
 from lrpjax.plot import image, save_figure
@@ -61,8 +73,9 @@ parser.add_argument("--smoke", action="store_true", help="tiny runs in a tempora
 parser.add_argument("--out", default="figures", help="folder for the PNG and results.json")
 parser.add_argument("--cache-dir", default="checkpoints")
 parser.add_argument("--lam", type=float, default=5e-4, help="plain AM: λ of −λ‖x − x̄‖²")
-parser.add_argument("--beta", type=float, default=1e-4, help="expert AM: weight of log p(x)")
-parser.add_argument("--lam-z", type=float, default=1e-4, help="code space: λ_z of −λ_z‖z‖²")
+parser.add_argument("--beta", type=float, default=5e-5, help="expert AM: weight of log p(x)")
+parser.add_argument("--lam-z", type=float, default=1e-4,
+                    help="code space: λ_z of λ_z·r(z), r = 2 log p(z) (−‖z‖² for N(0, I))")
 args = parser.parse_args()
 out = Path(args.out)
 start = time.perf_counter()
@@ -73,13 +86,13 @@ verbose = not args.smoke
 
 # ---- settings per mode
 steps = {"smoke": 4, "quick": 500, "full": 1000}[mode]
-restarts_z = {"smoke": 2, "quick": 4, "full": 8}[mode]
+restarts_z = {"smoke": 2, "quick": 8, "full": 16}[mode]  # per class
 rbm_config = {"smoke": {"n_hidden": 16, "epochs": 1},
               "quick": {"n_hidden": 256, "epochs": 30},
               "full": {"n_hidden": 512, "epochs": 100}}[mode]
-gan_config = {"smoke": {"steps": 20, "chunk": 10, "hidden": (32, 64)},
-              "quick": {"steps": 8000},
-              "full": {"steps": 30000}}[mode]
+gan_config = {"smoke": {"steps": 20, "chunk": 10, "hidden": (8, 8), "n_clusters": 4},
+              "quick": {"steps": 4500},
+              "full": {"steps": 10000}}[mode]
 
 # ---- data, the reference classifier
 train = load_mnist("train", source="auto")
@@ -97,6 +110,7 @@ x_bar = jnp.asarray(train.images.mean(0))
 classes = jnp.arange(10)
 results: dict = {"mode": mode, "data_source": train.source, "steps": steps,
                  "lam": args.lam, "beta": args.beta, "lam_z": args.lam_z,
+                 "code_restarts_per_class": restarts_z,
                  "classifier_test_accuracy": card.get("test_accuracy")}
 
 # ---- the expert: a GB-RBM on standardised train digits; held-out free energy vs shuffled pixels
@@ -119,18 +133,27 @@ print(f"GB-RBM free energy: train {F_train.mean():.1f}, held-out test {F_test.me
 # ---- the generator: a GAN on the train digits; are its samples digits, of all classes?
 gan, gan_info = load_or_train_gan(train.images, cache_dir=cache_dir, verbose=verbose,
                                   **gan_config)
-p_samples = np.asarray(predict(sample(gan, jax.random.PRNGKey(1), 1000)))
+samples = sample(gan, jax.random.PRNGKey(1), 1000)
+p_samples = np.asarray(predict(samples))
 fractions = np.bincount(p_samples.argmax(1), minlength=10) / len(p_samples)
+n_ref = min(1000, len(test.images))
 results["gan"] = {
-    **{k: v for k, v in gan_config.items()}, "train_s": gan_info["train_seconds"],
+    **{k: v for k, v in gan_info["config"].items() if k not in ("data", "model")},
+    "model": gan_info["config"].get("model"), "train_s": gan_info["train_seconds"],
     "cached": gan_info["cached"], "samples_mean_max_prob": float(p_samples.max(1).mean()),
     "test_digits_mean_max_prob": float(np.asarray(predict(test.images)).max(1).mean()),
     "class_fractions": fractions.round(4).tolist(),
     "classes_with_5pct": int(np.sum(fractions >= 0.05)),
+    # memorisation check: distance to the nearest *train* digit, samples vs held-out test digits
+    "samples_nn_distance_train": float(nearest_distance(samples[:n_ref], train.images).mean()),
+    "test_digits_nn_distance_train": float(
+        nearest_distance(test.images[:n_ref], train.images).mean()),
 }
 print(f"GAN: 1000 samples, CNN mean max-prob {results['gan']['samples_mean_max_prob']:.3f} "
       f"(real test digits {results['gan']['test_digits_mean_max_prob']:.3f}); "
-      f"{results['gan']['classes_with_5pct']} classes with >= 5 %: {fractions.round(3)}")
+      f"{results['gan']['classes_with_5pct']} classes with >= 5 %: {fractions.round(3)}; "
+      f"nearest train digit {results['gan']['samples_nn_distance_train']:.2f} "
+      f"(test digits {results['gan']['test_digits_nn_distance_train']:.2f})")
 
 # ---- the three AM variants: one vmapped, jit-compiled optax loop each
 objective = class_log_prob(logits_fn)
@@ -149,15 +172,21 @@ expert = activation_maximization(
 timings["expert"] = time.perf_counter() - t0
 
 t0 = time.perf_counter()
-z0 = random_starts(jax.random.PRNGKey(0), jnp.zeros(gan.g[0][0].shape[0]), restarts_z, 1.0)
+# restarts per class: the codes whose images the classifier already rates highest for the class
+z_pool, _ = sample_codes(gan.prior, jax.random.PRNGKey(2), 2000)
+p_pool = np.asarray(predict(generator(gan.g, z_pool)))
+z0 = z_pool[np.argsort(-p_pool, axis=0)[:restarts_z].T]  # (10, restarts, latent)
 code = activation_maximization(
     class_log_prob(lambda z: logits_fn(generator(gan.g, z))), z0, classes, steps=steps,
-    regularizer=l2_regularizer(args.lam_z), optimizer=optax.adam(0.05), progress=verbose,
-    desc="AM in code space")
+    regularizer=prior_regularizer(gan, args.lam_z), optimizer=optax.adam(0.1),
+    per_target=True, progress=verbose, desc="AM in code space")
 timings["code"] = time.perf_counter() - t0
 
 prototypes = {"plain": plain.best_x(), "expert": expert.best_x(),
               "code": generator(gan.g, code.best_x())}
+# is z* still where the prior puts codes? ‖ε‖ = ‖z − μ_k‖ of a prior sample is about √latent
+z_offset = np.asarray(jnp.min(jnp.linalg.norm(code.best_x()[:, None] - gan.prior[0][None],
+                                              axis=-1), axis=1))
 
 # ---- numbers: target probability, naturalness under a density model of held-out digits
 ppca = fit_ppca(test.images, k=min(40, len(test.images) // 4))
@@ -177,6 +206,9 @@ for name, x in prototypes.items():
         "expert_log_px": float(jax.vmap(pixel_log_prob(rbm, std))(x).mean()),
         "am_seconds": timings[name],
     }
+    if name == "code":
+        results[name]["z_distance_to_nearest_prior_mean"] = z_offset.round(2).tolist()
+        results[name]["prior_sample_distance_typical"] = float(np.sqrt(gan.prior[0].shape[1]))
     print(f"{name:>7}: p(target) min {p.min():.4f} mean {p.mean():.4f}; PPCA log-density "
           f"{results[name]['ppca_log_density']:.1f}; nearest test digit "
           f"{results[name]['nn_distance']:.2f}; AM {timings[name]:.1f} s")

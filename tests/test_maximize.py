@@ -85,6 +85,24 @@ def test_vmap_over_classes_matches_per_class_runs(tiny):
     assert np.all(np.asarray(probs.argmax(-1)) == np.arange(10))
 
 
+def test_per_target_starts_match_separate_runs(tiny):
+    """x0 (T, R, ...) with per_target=True: target t runs from its own restarts x0[t]."""
+    objective = class_log_prob(nnx_logits(tiny))
+    x0 = jax.random.uniform(jax.random.PRNGKey(3), (3, 2, 8, 8, 1))
+    kw = {"regularizer": l2_regularizer(0.01, 0.5), "clip": (0.0, 1.0), "unroll": 1,
+          "steps": 20, "chunk": 20}
+    targets = jnp.array([2, 5, 7])
+    batched = activation_maximization(objective, x0, targets, per_target=True, **kw)
+    for i, c in enumerate([2, 5, 7]):
+        single = activation_maximization(objective, x0[i], jnp.array([c]), **kw)
+        np.testing.assert_allclose(batched.objective[i], single.objective[0], atol=1e-4)
+    # the starts differ per target, so the same class from another target's starts differs
+    other = activation_maximization(objective, x0[0], jnp.array([5]), **kw)
+    assert np.max(np.abs(np.asarray(other.total[0] - batched.total[1]))) > 1e-3
+    with pytest.raises(ValueError, match="per_target=True needs x0 of shape"):
+        activation_maximization(objective, x0[:2], targets, per_target=True, **kw)
+
+
 def test_objectives_and_regularizers(tiny):
     logits_fn = nnx_logits(tiny)
     x = jnp.full((8, 8, 1), 0.3)

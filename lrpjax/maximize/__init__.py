@@ -3,7 +3,7 @@
 * plain AM: x* = argmax_x log p(ω_c|x) − λ‖x − x̄‖² (Simonyan et al. 2013 use the logit z_c);
 * AM with an expert: x* = argmax_x log p(ω_c|x) + β log p(x), p a Gaussian-Bernoulli RBM;
 * AM in code space: z* = argmax_z log p(ω_c|g(z)) − λ‖z‖², x* = g(z*), g a GAN generator
-  (Nguyen et al. 2016);
+  (Nguyen et al. 2016; here a self-conditioned DCGAN with a Gaussian-mixture code prior);
 * from global to local: an extra −η‖x − x₀‖².
 
 One optax loop, ``jit(vmap(vmap(scan)))`` over targets and restarts: :func:`activation_maximization`.
@@ -12,7 +12,16 @@ Submodules: ``loop``, ``objectives``, ``rbm`` (GB-RBM expert), ``gan`` (code spa
 """
 
 from lrpjax.maximize.density import PPCA, fit_ppca, nearest_distance, ppca_log_prob
-from lrpjax.maximize.gan import GANParams, generator, load_or_train_gan, sample, train_gan
+from lrpjax.maximize.gan import (
+    GANParams,
+    code_starts,
+    generator,
+    load_or_train_gan,
+    prior_regularizer,
+    sample,
+    sample_codes,
+    train_gan,
+)
 from lrpjax.maximize.loop import (
     AMProgram,
     AMResult,
@@ -53,6 +62,7 @@ __all__ = [
     "channel",
     "class_log_prob",
     "class_logit",
+    "code_starts",
     "default_unroll",
     "expert_regularizer",
     "fit_ppca",
@@ -67,8 +77,10 @@ __all__ = [
     "nnx_logits",
     "pixel_log_prob",
     "ppca_log_prob",
+    "prior_regularizer",
     "random_starts",
     "sample",
+    "sample_codes",
     "train_gan",
     "train_rbm",
     "unit",

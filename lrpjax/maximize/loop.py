@@ -107,7 +107,8 @@ def _check_finite(trace: np.ndarray, done: int) -> None:
 class AMProgram(NamedTuple):
     """The compiled pieces of an AM run, reusable across calls with same-shaped inputs.
 
-    init(x0, targets) -> state; run(state, targets, n) -> (state, trace (T, R, n));
+    init(x0, targets, per_target=False) -> state (x0 (R, *shape) shared by all targets, or
+    (T, R, *shape) with ``per_target=True``); run(state, targets, n) -> (state, trace (T, R, n));
     finish(x, targets) -> (objective (T, R), total (T, R)). ``n`` is static (one compile each).
     """
 
@@ -160,14 +161,15 @@ def am_program(
         return jax.lax.scan(step, state, None, length=n, unroll=unroll)
 
     # inner vmap: restarts (one target shared); outer vmap: targets.
-    per_target = jax.vmap(run_one, in_axes=(0, None, None))
-    run = jax.jit(jax.vmap(per_target, in_axes=(0, 0, None)), static_argnums=2)
+    over_restarts = jax.vmap(run_one, in_axes=(0, None, None))
+    run = jax.jit(jax.vmap(over_restarts, in_axes=(0, 0, None)), static_argnums=2)
 
-    @jax.jit
-    def init(x0: jax.Array, targets: Any):
+    def _init(x0: jax.Array, targets: Any, per_target: bool = False):
         n_targets = jax.tree.leaves(targets)[0].shape[0]
-        xs = jnp.broadcast_to(x0, (n_targets, *x0.shape))
+        xs = x0 if per_target else jnp.broadcast_to(x0, (n_targets, *x0.shape))
         return jax.vmap(jax.vmap(init_one))(xs)
+
+    init = jax.jit(_init, static_argnames="per_target")
 
     @jax.jit
     def finish(x: jax.Array, targets: Any):
@@ -177,20 +179,25 @@ def am_program(
     return AMProgram(init=init, run=run, finish=finish)
 
 
-def _check_inputs(objective: Objective, x0: jax.Array, targets: Any, steps: int) -> Any:
+def _check_inputs(objective: Objective, x0: jax.Array, targets: Any, steps: int,
+                  per_target: bool = False) -> Any:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if x0.ndim < 1:
-        raise ValueError("x0 needs a leading restart axis: shape (restarts, *input_shape)")
+    if x0.ndim < 1 + per_target:
+        raise ValueError("x0 needs a leading restart axis: shape (restarts, *input_shape), or "
+                         "(targets, restarts, *input_shape) with per_target=True")
     targets = jax.tree.map(jnp.asarray, targets)
     leaves = jax.tree.leaves(targets)
     if not leaves or any(t.ndim < 1 for t in leaves):
         raise ValueError("targets needs a leading axis T (e.g. jnp.arange(10) for 10 classes)")
     if len({t.shape[0] for t in leaves}) != 1:
         raise ValueError("all leaves of targets must share the leading axis length T")
+    if per_target and x0.shape[0] != leaves[0].shape[0]:
+        raise ValueError(f"per_target=True needs x0 of shape (T, R, ...) with T = "
+                         f"{leaves[0].shape[0]} targets, got x0 shape {tuple(x0.shape)}")
     validate = getattr(objective, "validate", None)
     if validate is not None:
-        validate(targets, x0[0])
+        validate(targets, x0[0, 0] if per_target else x0[0])
     return targets
 
 
@@ -207,6 +214,7 @@ def activation_maximization(
     unroll: bool | int | None = None,
     progress: bool = False,
     desc: str = "AM",
+    per_target: bool = False,
 ) -> AMResult:
     """Maximise F(x, t) = objective(x, t) + Σ regularizer(x) by gradient ascent, for all t at once.
 
@@ -219,7 +227,9 @@ def activation_maximization(
       objective: ``objective(x, target) -> scalar`` for one unbatched x (e.g. 28×28×1); see
         :func:`class_log_prob`, :func:`class_logit`, :func:`unit`, :func:`channel`. If it has a
         ``validate(targets, x)`` attribute, it is called first (e.g. class-index range checks).
-      x0: (R, *shape) starting points, one per restart, shared by all targets.
+      x0: (R, *shape) starting points, one per restart, shared by all targets; or, with
+        ``per_target=True``, (T, R, *shape): restarts of their own for every target (e.g. codes
+        the generator already maps to that class).
       targets: an array (or pytree of arrays) with a leading axis T: class indices, unit indices,
         or anything the objective understands (e.g. a sweep of weights η).
       steps: number of optimizer steps.
@@ -237,14 +247,14 @@ def activation_maximization(
       NaN or infinite (a diverging run), ValueError on invalid targets.
     """
     x0 = jnp.asarray(x0)
-    targets = _check_inputs(objective, x0, targets, steps)
+    targets = _check_inputs(objective, x0, targets, steps, per_target)
     program = am_program(objective, optimizer=optimizer, regularizer=regularizer, clip=clip,
                          unroll=unroll)
     if chunk is None:
         full = (default_unroll() if unroll is None else unroll) is True
         chunk = 10 if full else 50
     chunk = max(1, min(int(chunk), steps))
-    state = program.init(x0, targets)
+    state = program.init(x0, targets, per_target=per_target)
     bar = None
     if progress:
         from tqdm.auto import tqdm
