@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script, section, keys", [
     ("am_cartoon.py", "am_cartoon", ["a", "b", "c", "d", "classifier_accuracy"]),
     ("am_local.py", "am_local", ["distance_to_x0", "p_target", "etas"]),
-    ("am_prototypes.py", "am", ["plain", "expert", "code", "rbm", "gan"]),
+    ("am_prototypes.py", "am", ["plain", "expert", "code", "code_weak_prior", "rbm", "gan",
+                                 "train_digits_max_p_target"]),
 ])
 def test_script_smoke(tmp_path, script, section, keys):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--smoke",

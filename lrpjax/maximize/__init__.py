@@ -7,8 +7,9 @@
 * from global to local: an extra −η‖x − x₀‖².
 
 One optax loop, ``jit(vmap(vmap(scan)))`` over targets and restarts: :func:`activation_maximization`.
-Submodules: ``loop``, ``objectives``, ``rbm`` (GB-RBM expert), ``gan`` (code space), ``density``
-(PPCA naturalness score), ``cache`` (config-hashed checkpoints).
+Submodules: ``loop``, ``objectives``, ``rbm`` (GB-RBM expert), ``gan`` (code space), ``cluster``
+(k-means pseudo-labels for the GAN), ``density`` (PPCA naturalness score), ``cache``
+(config-hashed checkpoints).
 """
 
 from lrpjax.maximize.density import PPCA, fit_ppca, nearest_distance, ppca_log_prob
