@@ -26,7 +26,7 @@ log-density under a PPCA model fitted there, and the distance to the nearest tes
 
 Writes ``<out>/am_prototypes.png`` and the "am" section of ``<out>/results.json``.
 
-    python experiments/am_prototypes.py            # quick defaults (~6 min on 2 CPU cores
+    python experiments/am_prototypes.py            # quick defaults (~4.5 min on 2 CPU cores
                                                    # with nothing cached, ~2.5 min cached)
     python experiments/am_prototypes.py --full     # longer training and optimisation
     python experiments/am_prototypes.py --smoke    # seconds: tiny runs in a temporary cache
