@@ -180,37 +180,32 @@ expert = activation_maximization(
     clip=(0.0, 1.0), progress=verbose, desc="AM + expert")
 timings["expert"] = time.perf_counter() - t0
 
-t0 = time.perf_counter()
+prototypes = {"plain": plain.best_x(), "expert": expert.best_x()}
+
 # restarts per class: the codes whose images the classifier already rates highest for the class
 z_pool, _ = sample_codes(gan.prior, jax.random.PRNGKey(2), 2000)
-p_pool = np.asarray(predict(generator(gan.g, z_pool)))
-z0 = z_pool[np.argsort(-p_pool, axis=0)[:restarts_z].T]  # (10, restarts, latent)
+best_first = np.argsort(-np.asarray(predict(generator(gan.g, z_pool))), axis=0)  # (2000, 10)
 code_objective = class_log_prob(lambda z: logits_fn(generator(gan.g, z)))
-code = activation_maximization(
-    code_objective, z0, classes, steps=steps,
-    regularizer=prior_regularizer(gan, args.lam_z), optimizer=optax.adam(0.1),
-    per_target=True, progress=verbose, desc="AM in code space")
-timings["code"] = time.perf_counter() - t0
-
-t0 = time.perf_counter()
-z0_weak = z_pool[np.argsort(-p_pool, axis=0)[:restarts_weak].T]
-code_weak = activation_maximization(
-    code_objective, z0_weak, classes, steps=steps_weak,
-    regularizer=prior_regularizer(gan, args.lam_z_weak), optimizer=optax.adam(0.1),
-    per_target=True, progress=verbose, desc="AM in code space, weak prior")
-timings["code_weak_prior"] = time.perf_counter() - t0
-
-prototypes = {"plain": plain.best_x(), "expert": expert.best_x(),
-              "code": generator(gan.g, code.best_x()),
-              "code_weak_prior": generator(gan.g, code_weak.best_x())}
+code_runs = {"code": {"lam_z": args.lam_z, "restarts_per_class": restarts_z, "am_steps": steps},
+             "code_weak_prior": {"lam_z": args.lam_z_weak, "restarts_per_class": restarts_weak,
+                                 "am_steps": steps_weak}}
+z_stars = {}
+for name, run in code_runs.items():
+    t0 = time.perf_counter()
+    z0 = z_pool[best_first[:run["restarts_per_class"]].T]  # (10, restarts, latent)
+    result = activation_maximization(
+        code_objective, z0, classes, steps=run["am_steps"],
+        regularizer=prior_regularizer(gan, run["lam_z"]), optimizer=optax.adam(0.1),
+        per_target=True, progress=verbose, desc=f"AM in code space, λz={run['lam_z']:g}")
+    timings[name] = time.perf_counter() - t0
+    z_stars[name] = result.best_x()
+    prototypes[name] = generator(gan.g, z_stars[name])
 
 
 def z_offset(z: jax.Array) -> np.ndarray:
     """‖z − μ_k‖ to the nearest mixture mean; a prior sample lies at about √latent."""
     return np.asarray(jnp.min(jnp.linalg.norm(z[:, None] - gan.prior[0][None], axis=-1), axis=1))
 
-
-z_stars = {"code": code.best_x(), "code_weak_prior": code_weak.best_x()}
 
 # ---- numbers: target probability, naturalness under a density model of held-out digits
 ppca = fit_ppca(test.images, k=min(40, len(test.images) // 4))
@@ -236,9 +231,7 @@ for name, x in prototypes.items():
         "am_seconds": timings[name],
     }
     if name in z_stars:
-        results[name]["lam_z"] = args.lam_z if name == "code" else args.lam_z_weak
-        results[name]["restarts_per_class"] = restarts_z if name == "code" else restarts_weak
-        results[name]["am_steps"] = steps if name == "code" else steps_weak
+        results[name].update(code_runs[name])
         results[name]["z_distance_to_nearest_prior_mean"] = z_offset(z_stars[name]).round(2).tolist()
         results[name]["prior_sample_distance_typical"] = float(np.sqrt(gan.prior[0].shape[1]))
     print(f"{name:>15}: p(target) min {p.min():.4f} mean {p.mean():.4f}; PPCA log-density "

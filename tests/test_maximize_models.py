@@ -179,6 +179,11 @@ def test_mixture_prior_density_sampling_and_regularizer():
     np.testing.assert_allclose(np.bincount(np.asarray(k), minlength=4) / 20000,
                                [0.1, 0.2, 0.3, 0.4], atol=0.015)
     np.testing.assert_allclose(np.std(np.asarray(zs - means[k]), axis=0), 1.0, atol=0.03)
+    # near component k the mixture regulariser is −λ‖z − μ_k‖² + 2λ log π_k (the others vanish)
+    near = means[2] + 0.3 * jax.random.normal(jax.random.PRNGKey(3), (5, 3))
+    np.testing.assert_allclose(
+        jax.vmap(prior_regularizer(params, 0.5))(near),
+        -0.5 * np.sum(np.asarray(near - means[2]) ** 2, axis=1) + np.log(0.3), rtol=1e-3)
     # one component at 0: the regulariser is exactly −λ‖z‖²
     single = init_gan(jax.random.PRNGKey(0), latent_dim=3, hidden=(4, 4), shape=(4, 4, 1),
                       n_clusters=1)

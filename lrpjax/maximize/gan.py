@@ -178,13 +178,8 @@ def prior_regularizer(params: GANParams, lam: float) -> Callable[[jax.Array], ja
     For one component at μ = 0 this is exactly −λ‖z‖²; for the mixture it is
     −λ‖z − μ_k‖² + 2λ log π_k near component k, softened in between.
     """
-    means, log_w = params.prior
-
-    def r(z: jax.Array) -> jax.Array:
-        sq = jnp.sum((z[..., None, :] - means) ** 2, axis=-1)
-        return 2.0 * lam * jax.nn.logsumexp(log_w - 0.5 * sq, axis=-1)
-
-    return r
+    log_normaliser = 0.5 * params.prior[0].shape[1] * jnp.log(2 * jnp.pi)
+    return lambda z: 2.0 * lam * (log_prior(params.prior, z) + log_normaliser)
 
 
 def code_starts(params: GANParams, key: jax.Array, per_component: int = 1,
