@@ -37,7 +37,9 @@ class Rule(Protocol):
     A rule whose class sets ``uses_input_signs = True`` is also called with ``nonneg=(bool,
     ...)``: per input, True when the sign analysis of :mod:`lrpjax.signs` proved it >= 0 for
     every possible input of the model (e.g. it comes out of a ReLU), so a cheaper, equal form
-    applies. Rules without the attribute never see the keyword.
+    applies. One that sets ``uses_output_gate = True`` is called with ``gated=True`` where the
+    analysis proved that the relevance reaching the layer is zero wherever its output z < 0.
+    Rules without the attributes never see the keywords.
     """
 
     def __call__(
@@ -54,15 +56,19 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
 
     marking = _MARKING.get()
     if marking is not None:  # the sign-analysis trace: a named call the analysis can find
-        marking.append(tuple((x.shape, x.dtype) for x in inputs))
+        marking.append((tuple((x.shape, x.dtype) for x in inputs), rule))
 
         def marked(p: Params, *xs: Array) -> Array:
             return fwd(p, *xs)
 
         marked.__name__ = f"{MARKER}{len(marking) - 1}"
         return jax.jit(marked)(params, *inputs)
-    nonneg = _next_signs(inputs)
-    signed = any(nonneg) and getattr(rule, "uses_input_signs", False)
+    nonneg, gated = _next_signs(inputs)
+    known: dict[str, Any] = {}
+    if any(nonneg) and getattr(rule, "uses_input_signs", False):
+        known["nonneg"] = nonneg
+    if gated and getattr(rule, "uses_output_gate", False):
+        known["gated"] = True
 
     @jax.custom_vjp
     def layer(p: Params, *xs: Array) -> Array:
@@ -74,7 +80,7 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
 
     def layer_bwd(res: tuple, R: Array) -> tuple:
         p, xs, z = res
-        R_in = rule(fwd, p, xs, z, R, nonneg=nonneg) if signed else rule(fwd, p, xs, z, R)
+        R_in = rule(fwd, p, xs, z, R, **known)
         if len(R_in) != len(xs):
             raise ValueError(f"{rule!r} returned {len(R_in)} relevances for {len(xs)} inputs")
         R_in = tuple(r.astype(x.dtype) for r, x in zip(R_in, xs, strict=True))
@@ -90,10 +96,12 @@ MARKER = "lrpjax_layer_"
 
 @dataclass
 class SignState:
-    """Per-call input signs proven by :mod:`lrpjax.signs`, consumed in call order."""
+    """Per-call facts proven by :mod:`lrpjax.signs`, consumed in call order: which inputs are
+    >= 0 (``flags``) and whether no relevance can reach the output where it is < 0 (``gated``)."""
 
     flags: list[tuple[bool, ...]]
     shapes: list[tuple]
+    gated: list[bool] = field(default_factory=list)
     count: int = field(default=0)
 
 
@@ -103,9 +111,10 @@ _SIGNS: contextvars.ContextVar[SignState | None] = contextvars.ContextVar("lrpja
                                                                           default=None)
 
 
-def _next_signs(inputs: tuple) -> tuple[bool, ...]:
-    """The proven non-negativity of this call's inputs (all False when unknown or mismatched)."""
-    state, unknown = _SIGNS.get(), (False,) * len(inputs)
+def _next_signs(inputs: tuple) -> tuple[tuple[bool, ...], bool]:
+    """(input non-negativity, output gate) proven for this call; all False when unknown or when
+    the calls differ from the analysed trace."""
+    state, unknown = _SIGNS.get(), ((False,) * len(inputs), False)
     if state is None:
         return unknown
     k = state.count
@@ -114,7 +123,7 @@ def _next_signs(inputs: tuple) -> tuple[bool, ...]:
     if k >= len(state.flags) or state.shapes[k] != here:
         state.flags = []  # the calls differ from the analysed trace: trust nothing from here on
         return unknown
-    return state.flags[k]
+    return state.flags[k], k < len(state.gated) and state.gated[k]
 
 
 def _zero_cotangent(leaf: Any) -> Any:

@@ -184,13 +184,17 @@ def _same_shape(eqn: Any, dmask: list) -> bool:
 
 
 def _wrap(eqn: Any, vals: list, dmask: list, rule: Any) -> Any:
-    """The equation as a layer: x-dependent operands are inputs, the rest parameters."""
-    const = tuple(v for v, d in zip(vals, dmask, strict=True) if not d)
+    """The equation as a layer: x-dependent operands are inputs, traced others parameters;
+    concrete constants (literals such as ReLU's 0) stay in the layer, where the sign analysis
+    (:mod:`lrpjax.signs`) can read them."""
+    traced = [not d and isinstance(v, jax.core.Tracer) for v, d in zip(vals, dmask, strict=True)]
+    const = tuple(v for v, t in zip(vals, traced, strict=True) if t)
     xs = [v for v, d in zip(vals, dmask, strict=True) if d]
 
     def fwd(p: tuple, *a: Any) -> Any:
         it_p, it_a = iter(p), iter(a)
-        return _bind(eqn, [next(it_a) if d else next(it_p) for d in dmask])[0]
+        return _bind(eqn, [next(it_a) if d else next(it_p) if t else v
+                           for v, d, t in zip(vals, dmask, traced, strict=True)])[0]
 
     return apply_rule(fwd, rule, const, *xs)
 

@@ -11,7 +11,12 @@ difference forms such as u = (W a + |W||a|)/2 lose all digits in float32 where u
 0 and s = R / stab(.) is huge (measured: 6e-4 relative error against the float64 reference
 instead of 3e-7). Where the sign analysis (:mod:`lrpjax.signs`) proves a layer's input >= 0,
 a- = 0 and half of those products are skipped. Gamma's denominators contain z itself and stay
-far from 0, so it uses the difference form: one extra product and two transposes.
+far from 0, so it uses the difference form: one extra product and two transposes, or one
+transpose where the analysis also proves that no relevance reaches the layer's negative outputs.
+
+Class attributes the analysis reads: ``scales_by_input`` (R_in = a * (finite), so a zero input
+gets zero relevance), ``passes_relevance`` (R_in = R_out), ``uses_input_signs`` /
+``uses_output_gate`` (the rule accepts ``nonneg=`` / ``gated=``, see :mod:`lrpjax.core`).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Epsilon:
     epsilon: float = 1e-6
     zero_bias: bool = False
     rms: bool = False
+    scales_by_input: ClassVar[bool] = True
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
@@ -126,6 +132,7 @@ class AlphaBeta:
     epsilon: float = 1e-6
     zero_bias: bool = False
     uses_input_signs: ClassVar[bool] = True
+    scales_by_input: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.beta < 0 or not np.isclose(self.alpha - self.beta, 1.0, rtol=0, atol=1e-12):
@@ -170,6 +177,7 @@ class ZPlus:
     epsilon: float = 1e-6
     zero_bias: bool = False
     uses_input_signs: ClassVar[bool] = True
+    scales_by_input: ClassVar[bool] = True
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
                  nonneg: tuple[bool, ...] = (False,)) -> Inputs:
@@ -186,38 +194,61 @@ class Gamma:
     s_p = [z > 0] R / stab(P a+ + M a- + b_P), s_n = [z < 0] R / stab(M a+ + P a- + b_M),
     R = a+ (P^T s_p + M^T s_n) + a- (M^T s_p + P^T s_n).
 
-    Computed with one extra product |W| |a| and two transposes (instead of four and four):
+    Computed with one extra product and at most two transposes (instead of four and four):
     P a+ + M a- = W a + gamma u, M a+ + P a- = W a + gamma v with u, v = (W a +- |W| |a|) / 2,
-    and R = (1 + gamma/2) a W^T (s_p + s_n) + gamma/2 |a| |W|^T (s_p - s_n). Unlike for z+ and
-    alpha-beta this loses no digits: each denominator is at least gamma (|u| + |v|) / 2 in
-    magnitude (z and gamma u share the sign of s_p's denominator), so the rounding error of
-    the difference, eps (|u| + |v|), stays a few ulps of it.
+    and R = (1 + gamma/2) a W^T (s_p + s_n) + gamma/2 |a| |W|^T (s_p - s_n). Where the sign
+    analysis (:mod:`lrpjax.signs`) proves a >= 0, u = W+ a, v = W a - u and
+    R = a (P^T s_p + M^T s_n); where it also proves that no relevance can arrive at z < 0 (the
+    layer feeds a ReLU whose zero outputs get zero relevance), s_n = 0 and R = a P^T s_p: one
+    extra product and one transpose, 1.5x the gradient's work for the layer instead of 2x.
+    Unlike for z+ and alpha-beta the difference forms lose no digits: each denominator is at
+    least gamma (|u| + |v|) / 2 in magnitude (z and gamma u share the sign of s_p's
+    denominator), so the rounding error of the difference, eps (|u| + |v|), stays a few ulps.
     """
 
     gamma: float = 0.25
     epsilon: float = 1e-6
     zero_bias: bool = False
+    uses_input_signs: ClassVar[bool] = True
+    uses_output_gate: ClassVar[bool] = True
+    scales_by_input: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.gamma < 0:
             raise ValueError(f"Gamma needs gamma >= 0, got {self.gamma}")
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
+                 nonneg: tuple[bool, ...] = (False,), gated: bool = False) -> Inputs:
         a = _one(self, inputs)
-        g, eps = self.gamma, self.epsilon
+        g = self.gamma
         p = _zero_bias(params) if self.zero_bias else params
         if self.zero_bias:
             z = fwd(p, a)
         b = _bias_out(fwd, p, a, z)
+        if nonneg[0]:  # a >= 0 proven (lrpjax.signs): a- = 0
+            w = _zero_bias(p)
+            u = fwd(map_params(w, weight=lambda k: jnp.maximum(k, 0)), a)  # W+ a
+            s_p = self._quotient(z > 0, R, z + g * (u + jnp.maximum(b, 0)))
+            _, P_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.maximum(k, 0)), a)
+            if gated:  # no relevance arrives where z < 0 (lrpjax.signs), so s_n = 0
+                return (a * P_T(s_p),)
+            s_n = self._quotient(z < 0, R, z + g * (z - b - u + jnp.minimum(b, 0)))  # W- a = Wa - u
+            _, M_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.minimum(k, 0)), a)
+            return (a * (P_T(s_p) + M_T(s_n)),)
+
+        wa = z - b
         _, W_T = vjp_input(fwd, _zero_bias(p), a)  # the forward product is dead code
         abs_a = jnp.abs(a)
         wa_abs, A_T = vjp_input(fwd, map_params(p, weight=jnp.abs, bias=jnp.zeros_like), abs_a)
-        wa = z - b
         u = 0.5 * (wa + wa_abs) + jnp.maximum(b, 0)  # W+ a+ + W- a- + b+
         v = 0.5 * (wa - wa_abs) + jnp.minimum(b, 0)  # W- a+ + W+ a- + b-
-        s_p = jnp.where(z > 0, _divide(R, stabilize(z + g * u, eps)), 0.0)
-        s_n = jnp.where(z < 0, _divide(R, stabilize(z + g * v, eps)), 0.0)
+        s_p = self._quotient(z > 0, R, z + g * u)
+        s_n = self._quotient(z < 0, R, z + g * v)
         return ((1.0 + 0.5 * g) * a * W_T(s_p + s_n) + 0.5 * g * abs_a * A_T(s_p - s_n),)
+
+    def _quotient(self, mask: Array, R: Array, d: Array) -> Array:
+        """[mask] R / stab(d)."""
+        return jnp.where(mask, _divide(R, stabilize(d, self.epsilon)), 0.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -320,6 +351,7 @@ class Norm:
     """
 
     epsilon: float = 1e-6
+    scales_by_input: ClassVar[bool] = True
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         _, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
@@ -330,6 +362,8 @@ class Norm:
 @dataclass(frozen=True)
 class Pass:
     """Relevance passes unchanged (activations, reshapes): R_in = R_out (reshaped to the input)."""
+
+    passes_relevance: ClassVar[bool] = True
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)

@@ -8,6 +8,14 @@ through the primitives (max(x, 0), abs, exp, sigmoid, sums/products/pooling/resh
 non-negative values, ...). Anything not proven is "unknown" and takes the general path, so the
 analysis can only save work, never change a result: the cheaper forms drop products that are
 exactly zero.
+
+The same trace is read backwards for a second fact, the *output gate* of a layer: that the
+relevance reaching it is zero wherever its output z < 0. It holds where z only feeds a ReLU (a
+plain ``max(z, 0)``, ``jax.nn.relu``, or an activation layer with the Pass rule whose own
+zero outputs receive zero relevance, e.g. because every consumer's rule has the form
+R_j = a_j * (...)), possibly through reshapes, transposes, max pooling and gathers. Gamma
+then drops its s_n half (one transpose instead of two). Again only proofs count: any
+unrecognised consumer, a model output, or a loop or branch means "not proven".
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 
 from . import core
 
-__all__ = ["disabled", "known_signs", "nonneg_layer_inputs"]
+__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "output_gates"]
 
 _ALWAYS = {"abs", "exp", "exp2", "logistic", "sqrt", "rsqrt", "square", "iota"}
 _ALL = {  # non-negative when every operand is
@@ -122,8 +130,154 @@ def _analyse(jaxpr: Any, consts: Sequence[Any], ins: Sequence[bool], found: dict
     return [sign(v) for v in jaxpr.outvars]
 
 
+# ---------------------------------------------------------------- output gates (backward)
+# Ops whose relevance is their plain VJP and that move values without changing them: where an
+# operand element is < 0 (or == 0), every output element it reaches is too, and its cotangent
+# is a sum of those outputs' cotangents (max/max-pooling/gathers: of the output that selected
+# it). So "relevance is zero where the value is < 0 (== 0)" carries from outputs to operand 0
+# (for max and concatenate: to every operand).
+# Casts are left out: rounding can turn a tiny x < 0 into -0.0.
+_MOVE_FIRST = {"reshape", "squeeze", "expand_dims", "transpose", "broadcast_in_dim", "copy",
+               "copy_p", "slice", "dynamic_slice", "gather", "pad", "reduce_max",
+               "reduce_window_max", "rev"}
+_MOVE_ALL = {"max", "concatenate"}
+# Calls whose VJP is the VJP of their body (custom_jvp / custom_vjp calls have their own).
+_GRAD_CALLS = _CALLS - {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
+
+
+def _is_float(var: Any) -> bool:
+    dtype = getattr(getattr(var, "aval", None), "dtype", None)
+    return dtype is not None and np.issubdtype(dtype, np.inexact)
+
+
+def _literal(v: Any) -> float | None:
+    if isinstance(v, jax.extend.core.Literal) and np.ndim(v.val) == 0:
+        return float(v.val)
+    return None
+
+
+def _activation_kind(jaxpr: Any) -> str | None:
+    """"move" if a one-input jaxpr only moves values (reshapes), "relu" if it is such moves and
+    max(., 0) -- each output element is relu of one input element -- else None."""
+    kinds = set()
+    for eqn in jaxpr.eqns:
+        name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+        if sub is not None and (name in _GRAD_CALLS or _is_relu_call(eqn)):
+            inner = _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
+            if inner is None:
+                return None
+            kinds.add(inner)
+        elif name == "max" and len(eqn.invars) == 2 and 0.0 in map(_literal, eqn.invars):
+            kinds.add("relu")
+        elif name in ("reshape", "squeeze", "expand_dims", "copy", "copy_p"):
+            kinds.add("move")
+        else:
+            return None
+    return "relu" if "relu" in kinds else "move"
+
+
+def _is_relu_call(eqn: Any) -> bool:
+    """``jax.nn.relu`` (a custom_jvp call; its VJP is [x > 0] * g), told by its source."""
+    if eqn.primitive.name != "custom_jvp_call":
+        return False
+    sub = eqn.params.get("call_jaxpr")
+    info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
+    src = str(getattr(info, "func_src_info", "") or "").replace("\\", "/")
+    return src.startswith("relu at ") and "jax/_src/nn/functions.py" in src
+
+
+class _Gates:
+    """Decides, per (variable, kind), whether the relevance reaching a variable is zero wherever
+    its value is < 0 (kind "neg") or == 0 (kind "zero"). ``rules[k]`` is marked call k's rule."""
+
+    def __init__(self, rules: Sequence[Any], n_inputs: Sequence[int]):
+        self.rules, self.n_inputs = rules, n_inputs
+        self.memo: dict = {}
+
+    def walk(self, jaxpr: Any, outer: Callable[[int, str], bool], gates: dict) -> None:
+        """Fill ``gates[k]`` for every marked call k in ``jaxpr`` and the calls inside it."""
+        for eqn in jaxpr.eqns:
+            name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+            label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
+            if label.startswith(core.MARKER):
+                k = int(label[len(core.MARKER):])
+                gates[k] = (k < len(self.rules) and len(eqn.outvars) == 1
+                            and self.holds(jaxpr, eqn.outvars[0], "neg", outer))
+            elif name in _GRAD_CALLS and sub is not None:
+                inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
+                if len(inner.invars) == len(eqn.invars):
+                    self.walk(inner, self._outer(jaxpr, eqn, outer), gates)
+
+    def _outer(self, jaxpr: Any, eqn: Any, outer: Callable) -> Callable[[int, str], bool]:
+        """For a call's body: its i-th result is the call's i-th output in ``jaxpr``."""
+        return lambda i, kind: self.holds(jaxpr, eqn.outvars[i], kind, outer)
+
+    def holds(self, jaxpr: Any, var: Any, kind: str, outer: Callable[[int, str], bool]) -> bool:
+        key = (id(jaxpr), id(var), kind, outer)  # a body shared by several calls: per call
+        if key not in self.memo:
+            self.memo[key] = self._holds(jaxpr, var, kind, outer)
+        return self.memo[key]
+
+    def _holds(self, jaxpr: Any, var: Any, kind: str, outer: Callable[[int, str], bool]) -> bool:
+        for i, out in enumerate(jaxpr.outvars):
+            if out is var and not outer(i, kind):
+                return False
+        for eqn in jaxpr.eqns:
+            positions = [j for j, v in enumerate(eqn.invars) if v is var]
+            if positions and not self._consumer(jaxpr, eqn, positions, kind, outer):
+                return False
+        return True
+
+    def _consumer(self, jaxpr: Any, eqn: Any, positions: list[int], kind: str,
+                  outer: Callable[[int, str], bool]) -> bool:
+        """Is the relevance this one consumer sends back zero where the operand is < 0 / == 0?"""
+        if not any(_is_float(v) for v in eqn.outvars):
+            return True  # integer / boolean results carry no relevance
+        name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+
+        def after(kind_out: str) -> bool:
+            return self.holds(jaxpr, eqn.outvars[0], kind_out, outer)
+
+        label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
+        if label.startswith(core.MARKER):
+            k = int(label[len(core.MARKER):])
+            if k >= len(self.rules):  # a stale marker (a trace JAX cached): know nothing
+                return False
+            rule, n_params = self.rules[k], len(eqn.invars) - self.n_inputs[k]
+            if all(j < n_params for j in positions):
+                return True  # parameters get zero cotangents
+            if kind == "zero" and getattr(rule, "scales_by_input", False):
+                return True  # R_in = a * (...)
+            body = None if sub is None else (sub.jaxpr if hasattr(sub, "jaxpr") else sub)
+            if (getattr(rule, "passes_relevance", False) and body is not None
+                    and len(body.invars) == 1 and len(body.outvars) == 1):
+                act = _activation_kind(body)
+                if act == "relu":  # z < 0 and z == 0 both give a zero output
+                    return after("zero")
+                if act == "move":
+                    return after(kind)
+            return False
+        if _is_relu_call(eqn) and sub is not None:  # zero wherever x <= 0
+            return _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub) == "relu"
+        if name in _GRAD_CALLS and sub is not None:
+            inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
+            if len(inner.invars) != len(eqn.invars):
+                return False
+            body_outer = self._outer(jaxpr, eqn, outer)
+            return all(self.holds(inner, inner.invars[j], kind, body_outer) for j in positions)
+        if name == "max" and len(eqn.invars) == 2:
+            other = _literal(eqn.invars[1 - positions[0]]) if len(positions) == 1 else None
+            if other is not None and (other > 0 or (other == 0 and kind == "neg")):
+                return True  # the operand loses wherever it is < 0 (or == 0 < other)
+            return after(kind)
+        if name in _MOVE_ALL or (name in _MOVE_FIRST and positions == [0]):
+            return after(kind)
+        return False
+
+
 def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | None:
-    """Trace ``fn(x)`` once with marked layers; per LRP layer call, which inputs are >= 0.
+    """Trace ``fn(x)`` once with marked layers; per LRP layer call, which inputs are >= 0 and
+    whether its output gate holds (see the module docstring).
 
     Returns None when the model cannot be traced that way (every layer then takes the
     general path). ``x`` itself counts as unknown.
@@ -138,12 +292,22 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
         core._MARKING.reset(token)
     found: dict[int, list[bool]] = {}
     _analyse(closed.jaxpr, closed.consts, [False] * len(closed.jaxpr.invars), found)
+    shapes = [entry[0] for entry in log]
     flags = []
-    for k, shapes in enumerate(log):
+    for k, layer_shapes in enumerate(shapes):
         signs = found.get(k, [])
-        n = len(shapes)  # the layer inputs are the last n arguments of the marked call
+        n = len(layer_shapes)  # the layer inputs are the last n arguments of the marked call
         flags.append(tuple(signs[-n:]) if len(signs) >= n else (False,) * n)
-    return core.SignState(flags=flags, shapes=log)
+    return core.SignState(flags=flags, shapes=shapes, gated=output_gates(closed.jaxpr, log))
+
+
+def output_gates(jaxpr: Any, log: Sequence[tuple]) -> list[bool]:
+    """Per marked call k (``log[k] = (input shapes, rule)``): is the relevance reaching its
+    output provably zero wherever that output is < 0?"""
+    gates: dict[int, bool] = {}
+    analysis = _Gates([rule for _, rule in log], [len(shapes) for shapes, _ in log])
+    analysis.walk(jaxpr, lambda i, kind: False, gates)  # the model's outputs: not proven
+    return [gates.get(k, False) for k in range(len(log))]
 
 
 @contextlib.contextmanager

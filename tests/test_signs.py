@@ -75,11 +75,12 @@ def test_layers_inside_loops_stay_unknown():
 
 
 def test_mismatched_trace_trusts_nothing():
-    state = core.SignState(flags=[(True,), (True,)], shapes=[(((2, 3), jnp.float32),)] * 2)
+    state = core.SignState(flags=[(True,), (True,)], shapes=[(((2, 3), jnp.float32),)] * 2,
+                           gated=[True, True])
     token = core._SIGNS.set(state)
     try:
-        assert core._next_signs((jnp.zeros((2, 4)),)) == (False,)  # shape differs
-        assert core._next_signs((jnp.zeros((2, 3)),)) == (False,)  # and nothing after it
+        assert core._next_signs((jnp.zeros((2, 4)),)) == ((False,), False)  # shape differs
+        assert core._next_signs((jnp.zeros((2, 3)),)) == ((False,), False)  # and nothing after
     finally:
         core._SIGNS.reset(token)
 

@@ -1,0 +1,207 @@
+"""The output-gate analysis (lrpjax.signs.output_gates) and Gamma's one-transpose form it enables.
+
+A layer is "gated" when the relevance reaching it is provably zero wherever its output z < 0;
+Gamma then drops its s_n half. The analysis may only say so where it is true: every test that
+finds a gate also checks the heatmap against the general form or the float64 reference, and the
+counter-examples show what an unsound gate would change.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from lrp_nets import SpecNet, random_net
+
+import lrpjax
+from lrpjax import composites as C
+from lrpjax import core, layers, signs
+from lrpjax import rules as R
+from lrpjax.models import CNN
+
+
+class Chain(nnx.Module):
+    """Linear -> act -> Linear -> relu -> Linear, activations as bare functions."""
+
+    def __init__(self, act, rngs):
+        self.layers = nnx.List([nnx.Linear(6, 6, rngs=rngs) for _ in range(3)])
+        self.act = act
+
+    def __call__(self, x):
+        x = self.layers[0](x)
+        x = x if self.act is None else self.act(x)
+        return self.layers[2](jax.nn.relu(self.layers[1](x)))
+
+
+BARE = {  # activation after layer 0 -> is layer 0 gated (relevance 0 where z < 0)
+    "relu": (jax.nn.relu, True),
+    "relu_minus_1": (lambda x: jax.nn.relu(x) - 1.0, True),  # relu's own VJP is [x > 0] g
+    "maximum_0": (lambda x: jnp.maximum(x, 0.0), True),
+    "relu_max_pool": (lambda x: jnp.max(jax.nn.relu(x).reshape(-1, 3, 2), -1).repeat(2, -1),
+                      True),
+    "max_pool_then_relu": (lambda x: jax.nn.relu(jnp.max(x.reshape(-1, 3, 2), -1)).repeat(2, -1),
+                           True),
+    "identity": (None, False),
+    "tanh": (jnp.tanh, False),
+    "sigmoid": (jax.nn.sigmoid, False),
+    "leaky_relu": (jax.nn.leaky_relu, False),
+    "abs": (jnp.abs, False),
+    "maximum_minus_1": (lambda x: jnp.maximum(x, -1.0), False),
+    "relu_plus_x": (lambda x: jax.nn.relu(x) + x, False),
+    "avg_pool": (lambda x: x.reshape(-1, 3, 2).mean(-1).repeat(2, -1), False),
+}
+
+
+def _gates(fn, x):
+    return signs.nonneg_layer_inputs(fn, x).gated
+
+
+@pytest.mark.parametrize("name", list(BARE))
+def test_gate_behind_bare_activations(name):
+    act, expected = BARE[name]
+    model = Chain(act, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    fn, _ = lrpjax.nnx.lrp_function(model, C.Uniform(R.Gamma(0.25)), x)
+    gated = _gates(fn, x)
+    assert gated[0] is expected
+    assert gated[1] is True and gated[2] is False  # layer 1 feeds a relu; layer 2 is the output
+
+
+def _seq(*mods):
+    return nnx.Sequential(*mods)
+
+
+def test_gate_through_pass_activation_needs_input_scaled_consumers():
+    """layers.ReLU passes relevance unchanged (Pass): the gate then rests on the next rule
+    giving zero relevance to zero inputs (R_j = a_j (...)). Flat and ZBox do not."""
+    rngs = nnx.Rngs(0)
+    model = _seq(nnx.Linear(6, 6, rngs=rngs), layers.ReLU(), nnx.Linear(6, 6, rngs=rngs),
+                 layers.ReLU(), layers.Flatten(), nnx.Linear(6, 3, rngs=rngs))
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    for rule, expected in [(R.Epsilon(), True), (R.ZPlus(), True), (R.AlphaBeta(2.0, 1.0), True),
+                           (R.Gamma(0.5), True), (R.Flat(), False), (R.WSquare(), False),
+                           (R.ZBox(-1.0, 1.0), False)]:
+        comp = C.Composite(C.by_path({"layers/0": R.Gamma(0.25), "layers/2": rule}),
+                           C.by_type({nnx.Linear: R.Epsilon()}))
+        fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+        gated = _gates(fn, x)
+        assert gated[0] is expected, rule
+        assert gated[2] is True  # ReLU -> Flatten (Pass, a reshape) -> epsilon
+        assert gated[5] is False  # the output layer
+
+
+def test_no_gate_for_the_model_output_or_a_residual_add():
+    rngs = nnx.Rngs(0)
+    lin0, lin1 = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 6, rngs=rngs)
+
+    def residual(x):
+        h = lin0(x)
+        return lin1(jax.nn.relu(h + x))  # h feeds an add: relevance can reach h < 0
+
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    fn, _ = lrpjax.nnx.lrp_function(nnx.Sequential(lin0), C.Uniform(R.Gamma()), x)
+    assert _gates(fn, x) == [False]
+    comp = C.Uniform(R.Gamma())
+    f = lambda params, x: residual(x)  # the jaxpr front-end on a plain function
+    g, _ = lrpjax.jaxpr.lrp_function(f, {}, comp, x)
+    assert _gates(g, x)[0] is False
+
+
+# ---------------------------------------------------------------- the gated form is exact
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("composite", ["EpsilonGammaBox", "Gamma"])
+def test_gated_gamma_equals_general_form(composite, pool):
+    model = CNN(pool=pool, rngs=nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+    comp = C.EpsilonGammaBox(0.0, 1.0) if composite != "Gamma" else C.Uniform(R.Gamma(0.25))
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    state = signs.nonneg_layer_inputs(fn, x)
+    assert sum(g and f[0] for g, f in zip(state.gated, state.flags, strict=True)) >= 2
+    fast = lrpjax.relevance(model, x, composite=comp)
+    jax.clear_caches()
+    with signs.disabled():
+        general = lrpjax.relevance(model, x, composite=comp)
+    jax.clear_caches()
+    np.testing.assert_allclose(fast, general, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(general))))
+
+
+@pytest.mark.parametrize("relu_fn", [False, True])
+def test_gated_gamma_matches_float64_reference(relu_fn):
+    from reference_lrp import lrp as np_lrp
+
+    rng = np.random.default_rng(7)
+    net, shape = random_net(rng, "cnn", bias=True, pool="max")
+    n_linear = sum(layer[0] in ("dense", "conv") for layer in net)
+    x = rng.uniform(-1, 1, size=(3, *shape))
+    specs = [("gamma", 0.25)] * n_linear
+    ref = np_lrp(net, x, specs, np.arange(3))
+    comp = C.Uniform(R.Gamma(0.25))
+    with jax.enable_x64(True):
+        model = SpecNet(net, dtype=jnp.float64, relu_fn=relu_fn)
+        fn, _ = lrpjax.nnx.lrp_function(model, comp, jnp.asarray(x))
+        state = signs.nonneg_layer_inputs(fn, jnp.asarray(x))
+        R_ = lrpjax.relevance(model, jnp.asarray(x), composite=comp, target=jnp.arange(3))
+    linear = [k for k, f in enumerate(state.flags) if len(state.shapes[k]) == 1]
+    assert sum(state.gated) >= 2 and len(linear) >= n_linear
+    assert float(np.max(np.abs(np.asarray(R_) - ref)) / np.max(np.abs(ref))) <= 1e-10
+
+
+def test_an_unsound_gate_would_change_the_heatmap():
+    """Counter-example: with leaky ReLU relevance does reach z < 0. Forcing the gate there
+    changes the result, so the equality tests above would catch a gate claimed wrongly."""
+    model = Chain(jax.nn.leaky_relu, nnx.Rngs(3))
+    x = jax.random.normal(jax.random.key(4), (8, 6))
+    comp = C.Uniform(R.Gamma(0.5))
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    honest = signs.nonneg_layer_inputs(fn, x)
+    assert honest.gated[0] is False
+    truth = lrpjax.relevance(model, x, composite=comp)
+
+    forced = core.SignState(flags=[(True,)] * len(honest.flags), shapes=honest.shapes,
+                            gated=[True] * len(honest.gated))
+    token = core._SIGNS.set(forced)
+    try:
+        y, pull = jax.vjp(fn, x)
+        (wrong,) = pull(jax.nn.one_hot(jnp.argmax(y, -1), 6) * y)
+    finally:
+        core._SIGNS.reset(token)
+    assert float(jnp.max(jnp.abs(wrong - truth))) > 1e-3 * float(jnp.max(jnp.abs(truth)))
+
+
+def test_every_front_end_finds_the_conv_gates():
+    """NNX (Pass-wrapped ReLU modules), Linen (bare nn.relu) and the jaxpr front-end (ReLU as
+    max(x, 0) wrapped as a Pass layer) all prove both convolutions of the CNN gated, and give
+    the heatmap of the general form."""
+    from lrpjax import jaxpr as jaxpr_frontend
+    from lrpjax import linen as linen_frontend
+    from lrpjax.models import CNNLinen, to_linen_variables
+
+    model = CNN(pool="avg", rngs=nnx.Rngs(0))
+    linen, variables = CNNLinen(pool="avg"), to_linen_variables(model)
+    x = jax.random.uniform(jax.random.key(5), (2, 28, 28, 1))
+    comp = C.EpsilonGammaBox(0.0, 1.0)
+    fns = {
+        "nnx": lrpjax.nnx.lrp_function(model, comp, x)[0],
+        "linen": linen_frontend.lrp_function(linen, variables, comp, x)[0],
+        "jaxpr": jaxpr_frontend.lrp_function(lambda p, a: linen.apply(p, a), variables, comp,
+                                             x)[0],
+    }
+    for name, fn in fns.items():
+        state = signs.nonneg_layer_inputs(fn, x)
+        for conv_input in ((28, 28, 1), (14, 14, 16)):  # a gated layer takes each conv's input
+            calls = [k for k, shapes in enumerate(state.shapes) if shapes[0][0][1:] == conv_input]
+            assert any(state.gated[k] for k in calls), (name, conv_input)
+    calls = {"nnx": lambda: lrpjax.relevance(model, x, composite=comp),
+             "linen": lambda: lrpjax.relevance(linen, x, composite=comp, variables=variables),
+             "jaxpr": lambda: lrpjax.relevance(lambda p, a: linen.apply(p, a), x, composite=comp,
+                                               variables=variables)}
+    for name, call in calls.items():
+        fast = call()
+        jax.clear_caches()
+        with signs.disabled():
+            general = call()
+        jax.clear_caches()
+        scale = float(jnp.max(jnp.abs(general)))
+        np.testing.assert_allclose(fast, general, rtol=0, atol=2e-6 * scale, err_msg=name)
