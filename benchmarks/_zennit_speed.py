@@ -1,12 +1,15 @@
 """Zennit's side of benchmarks/lrp_speed.py; runs in the torch venv (.zennit-venv), never in .venv.
 
     .zennit-venv/bin/python benchmarks/_zennit_speed.py IN.npz OUT_PREFIX --reps N [--threads 2]
+                                                        [--device cpu|cuda]
 
 IN.npz (written by lrp_speed.py) holds the net spec (JSON), n_classes, the parameters in
 lrpjax layout (conv kernels HWIO, dense kernels (in, out), flatten in NHWC order) and, per batch
 size n, the input ``x_<n>`` (NHWC or (n, features)) and the explained class ``t_<n>``. Writes
 OUT_PREFIX.json (median ms and first-call s per batch and method) and OUT_PREFIX.npz (the
 heatmaps, back in NHWC, so the caller can check that both libraries explained the same net).
+With ``--device cuda`` the net and inputs live on the GPU and every timed call ends with
+``torch.cuda.synchronize()`` (the counterpart of JAX's ``block_until_ready``).
 """
 
 from __future__ import annotations
@@ -92,12 +95,15 @@ def main() -> None:
     ap.add_argument("out_prefix")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     data = np.load(args.inp)
     spec = json.loads(str(data["spec"]))
     in_shape = tuple(int(s) for s in data["in_shape"])
-    model = build(spec, data, in_shape)
+    model = build(spec, data, in_shape).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -113,9 +119,9 @@ def main() -> None:
     for n in batches:
         x_np = data[f"x_{n}"]
         x = torch.from_numpy(np.ascontiguousarray(
-            x_np.transpose(0, 3, 1, 2) if x_np.ndim == 4 else x_np))
+            x_np.transpose(0, 3, 1, 2) if x_np.ndim == 4 else x_np)).to(device)
         onehot = torch.nn.functional.one_hot(torch.from_numpy(data[f"t_{n}"]).long(),
-                                             int(data["n_classes"]))
+                                             int(data["n_classes"])).to(device)
 
         def forward(x=x):
             with torch.no_grad():
@@ -131,14 +137,16 @@ def main() -> None:
         for name, fn in calls.items():
             t0 = time.perf_counter()
             out = fn()
+            sync()
             first[name] = time.perf_counter() - t0
             if name != "forward":
-                a = out.numpy()
+                a = out.cpu().numpy()
                 heatmaps[f"{name}_{n}"] = a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
         for _ in range(args.reps):  # round-robin: every method sees the same machine load
             for name, fn in calls.items():
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 times[name].append(time.perf_counter() - t0)
         results[str(n)] = {name: {"first_call_s": first[name],
                                   "median_ms": 1e3 * float(np.median(times[name])),
@@ -146,7 +154,7 @@ def main() -> None:
     stack.close()
     from importlib.metadata import version
     meta = {"torch": torch.__version__, "zennit": version("zennit"),
-            "threads": torch.get_num_threads(), "results": results}
+            "threads": torch.get_num_threads(), "device": str(device), "results": results}
     with open(args.out_prefix + ".json", "w") as f:
         json.dump(meta, f)
     np.savez(args.out_prefix + ".npz", **heatmaps)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/lrp_speed.py [--full] [--quick] [--only mlp,cnn,vgg]
                                              [--reps 10] [--vgg-reps 3] [--json PATH]
                                              [--zennit-python PATH | --no-zennit]
+                                             [--zennit-device auto|cpu|cuda]
 
 Every method is one ``jax.jit`` of a pure function of (parameters, x, target) (the functional
 NNX form: the weights are arguments, not baked-in constants). Reported apart: the first call
@@ -16,19 +17,20 @@ parameter CNN on 28x28x1 (conv5x5x32 relu pool2, conv5x5x64 relu pool2, dense 30
 with ``--full``); ``--quick`` skips VGG. VGG uses ``--vgg-reps`` (3) repetitions.
 
 Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed.py, in the torch
-venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing. Timings are
+venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing; on a GPU
+(``--zennit-device auto`` follows JAX's backend) on CUDA. benchmarks/device_check.sh runs this
+script and am_speed.py on a lent GPU in one go. Timings are
 printed and written (``--json``), never asserted. Targets: LRP-eps <= 1.1x the gradient,
 EpsilonGammaBox <= 1.5x, lrpjax >= 3x faster than Zennit per heatmap.
 
 What bounds the ratios (count the convolution-sized products per layer): the gradient costs a
 layer's forward product and one transpose. LRP-eps reuses the forward output: forward + one
 transpose, ~1x. z+ on a ReLU-fed layer (proven by lrpjax.signs): forward + W+ a + one transpose,
-~1.5x. Gamma needs its denominators z + gamma (u + b+) with u = (W a + |W||a|)/2 -- one extra
-product |W||a| -- and R = (1 + gamma/2) a W^T(s_p + s_n) + gamma/2 |a| |W|^T(s_p - s_n), two
-transposes: forward + 1 + 2, twice the gradient's FLOPs for that layer. EpsilonGammaBox
-therefore approaches 2x where gamma convolutions dominate a compute-bound run (the CNN on a
-CPU), and less where they do not (the MLP, where it is epsilon only; small batches on a GPU,
-where launches and memory traffic weigh more than FLOPs).
+~1.5x. Gamma on a ReLU-fed layer whose output feeds a ReLU (both proven by lrpjax.signs: a >= 0,
+and no relevance reaches z < 0): denominators z + gamma (W+ a + b+) -- one extra product --
+and R = a (W + gamma W+)^T s_p, one transpose: ~1.5x. Without those proofs Gamma needs both
+s_p and s_n, two transposes: twice the gradient's FLOPs for that layer. ZBox on the input layer
+adds a transpose to the (1- or 3-channel) input.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,7 +136,8 @@ def time_round_robin(calls: dict, reps: int) -> tuple[dict, dict, dict]:
 
 
 # ---------------------------------------------------------------- Zennit (subprocess)
-def run_zennit(python: Path, model, spec, in_shape, inputs: dict, reps: int, tmp: str):
+def run_zennit(python: Path, model, spec, in_shape, inputs: dict, reps: int, tmp: str,
+               device: str = "cpu"):
     """Zennit's medians and heatmaps for the same weights and inputs, or None on failure."""
     params, i = {}, 0
     for m in model.layers:
@@ -147,7 +151,7 @@ def run_zennit(python: Path, model, spec, in_shape, inputs: dict, reps: int, tmp
     np.savez(path, spec=json.dumps(spec), in_shape=np.asarray(in_shape),
              n_classes=spec[-1][1], **params, **data)
     cmd = [str(python), str(HERE / "_zennit_speed.py"), path, prefix, "--reps", str(reps),
-           "--threads", str(os.cpu_count())]
+           "--threads", str(os.cpu_count()), "--device", device]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     os.remove(path)
     if proc.returncode != 0:
@@ -175,12 +179,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write all numbers to this JSON file")
     ap.add_argument("--zennit-python", type=Path, default=ZENNIT_PYTHON)
     ap.add_argument("--no-zennit", action="store_true")
+    ap.add_argument("--zennit-device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args()
     reps = args.reps
     only = set(args.only.split(","))
     if args.quick:
         only.discard("vgg")
-    zennit = None if args.no_zennit or not args.zennit_python.exists() else args.zennit_python
+    found = shutil.which(str(args.zennit_python))  # a path, or a name on PATH ("python3")
+    zennit = None if args.no_zennit or found is None else Path(found)
+    zennit_device = args.zennit_device
+    if zennit_device == "auto":
+        zennit_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
     load = os.getloadavg()
     header = {"device": str(jax.devices()), "jax": jax.__version__, "cpu_count": os.cpu_count(),
@@ -219,7 +228,7 @@ def main() -> None:
         z = None
         if zennit is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                z = run_zennit(zennit, model, spec, in_shape, inputs, n_reps, tmp)
+                z = run_zennit(zennit, model, spec, in_shape, inputs, n_reps, tmp, zennit_device)
         for n in batches:
             first, times, outs = results[n]
             med = {m: float(np.median(v)) for m, v in times.items()}
@@ -245,8 +254,10 @@ def main() -> None:
                                  f("zennit_min_ms"), f("zennit_over_lrpjax", ".1f"),
                                  f("zennit_over_lrpjax_min", ".1f"), f("rel_err_vs_zennit", ".0e")))
         if z:
-            header["zennit"] = {k: z[k] for k in ("torch", "zennit", "threads")}
-            print("Zennit {zennit}, torch {torch}, {threads} threads".format(**header["zennit"]))
+            header["zennit"] = {k: z.get(k, "cpu") for k in ("torch", "zennit", "threads",
+                                                               "device")}
+            print("Zennit {zennit}, torch {torch}, {threads} threads, {device}".format(
+                **header["zennit"]))
         print()
 
     print("LRP / gradient and Zennit / lrpjax (steady-state medians) against the targets:")
