@@ -230,8 +230,8 @@ class Gamma:
             u = fwd(map_params(w, weight=lambda k: jnp.maximum(k, 0)), a)  # W+ a
             s_p = self._quotient(z > 0, R, z + g * (u + jnp.maximum(b, 0)))
             _, P_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.maximum(k, 0)), a)
-            if gated:  # no relevance arrives where z < 0 (lrpjax.signs), so s_n = 0
-                return (a * P_T(s_p),)
+            if gated and not self.zero_bias:  # R = 0 where z < 0 (lrpjax.signs): s_n = 0
+                return (a * P_T(s_p),)  # (proven for z = Wa + b, not for the zero-bias Wa)
             s_n = self._quotient(z < 0, R, z + g * (z - b - u + jnp.minimum(b, 0)))  # W- a = Wa - u
             _, M_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.minimum(k, 0)), a)
             return (a * (P_T(s_p) + M_T(s_n)),)

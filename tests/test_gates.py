@@ -205,3 +205,20 @@ def test_every_front_end_finds_the_conv_gates():
         jax.clear_caches()
         scale = float(jnp.max(jnp.abs(general)))
         np.testing.assert_allclose(fast, general, rtol=0, atol=2e-6 * scale, err_msg=name)
+
+
+def test_gated_gamma_with_zero_bias_keeps_both_signs():
+    """The gate is proven for the layer's real output z = Wa + b; with zero_bias the masks use
+    Wa, which can be < 0 where z > 0 and relevance arrives. So zero_bias must not take the
+    one-transpose form (positive biases make this case common)."""
+    model = Chain(jax.nn.relu, nnx.Rngs(6))
+    for layer in model.layers:
+        layer.bias[...] = jnp.full_like(layer.bias[...], 0.5)
+    x = jax.random.normal(jax.random.key(7), (16, 6))
+    comp = C.Uniform(R.Gamma(0.25, zero_bias=True))
+    fast = lrpjax.relevance(model, x, composite=comp)
+    jax.clear_caches()
+    with signs.disabled():
+        general = lrpjax.relevance(model, x, composite=comp)
+    jax.clear_caches()
+    np.testing.assert_allclose(fast, general, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(general))))
