@@ -144,3 +144,17 @@ def composite_for(rule_specs: list) -> composites.Composite:
         return table[info.index] if info.is_linear else None
 
     return composites.Composite(by_index, name="by-index")
+
+
+def assert_fast_equals_general(call, rel: float = 2e-6, name: str = "") -> None:
+    """``call()`` (a heatmap) with the sign analysis and with ``lrpjax.signs.disabled()`` agree to
+    ``rel`` of the largest relevance (the cheaper forms only drop exact zeros)."""
+    from lrpjax import signs
+
+    fast = call()
+    jax.clear_caches()  # relevance caches compiled functions: trace again without the analysis
+    with signs.disabled():
+        general = call()
+    jax.clear_caches()
+    atol = rel * float(jnp.max(jnp.abs(general)))
+    np.testing.assert_allclose(fast, general, rtol=0, atol=atol, err_msg=name)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from lrp_nets import SpecNet, random_net
+from lrp_nets import SpecNet, assert_fast_equals_general, random_net
 
 import lrpjax
 from lrpjax import composites as C
@@ -119,12 +119,7 @@ def test_gated_gamma_equals_general_form(composite, pool):
     fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
     state = signs.nonneg_layer_inputs(fn, x)
     assert sum(g and f[0] for g, f in zip(state.gated, state.flags, strict=True)) >= 2
-    fast = lrpjax.relevance(model, x, composite=comp)
-    jax.clear_caches()
-    with signs.disabled():
-        general = lrpjax.relevance(model, x, composite=comp)
-    jax.clear_caches()
-    np.testing.assert_allclose(fast, general, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(general))))
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
 
 
 @pytest.mark.parametrize("relu_fn", [False, True])
@@ -198,13 +193,7 @@ def test_every_front_end_finds_the_conv_gates():
              "jaxpr": lambda: lrpjax.relevance(lambda p, a: linen.apply(p, a), x, composite=comp,
                                                variables=variables)}
     for name, call in calls.items():
-        fast = call()
-        jax.clear_caches()
-        with signs.disabled():
-            general = call()
-        jax.clear_caches()
-        scale = float(jnp.max(jnp.abs(general)))
-        np.testing.assert_allclose(fast, general, rtol=0, atol=2e-6 * scale, err_msg=name)
+        assert_fast_equals_general(call, name=name)
 
 
 def test_gated_gamma_with_zero_bias_keeps_both_signs():
@@ -216,9 +205,4 @@ def test_gated_gamma_with_zero_bias_keeps_both_signs():
         layer.bias[...] = jnp.full_like(layer.bias[...], 0.5)
     x = jax.random.normal(jax.random.key(7), (16, 6))
     comp = C.Uniform(R.Gamma(0.25, zero_bias=True))
-    fast = lrpjax.relevance(model, x, composite=comp)
-    jax.clear_caches()
-    with signs.disabled():
-        general = lrpjax.relevance(model, x, composite=comp)
-    jax.clear_caches()
-    np.testing.assert_allclose(fast, general, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(general))))
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp), rel=1e-6)
