@@ -103,6 +103,11 @@ class SignState:
     shapes: list[tuple]
     gated: list[bool] = field(default_factory=list)
     count: int = field(default=0)
+    diverged: bool = field(default=False)
+
+    def matched(self) -> bool:
+        """Did the traced layer calls match the analysed ones, one for one?"""
+        return not self.diverged and self.count == len(self.shapes)
 
 
 _MARKING: contextvars.ContextVar[list | None] = contextvars.ContextVar("lrpjax_marking",
@@ -121,8 +126,8 @@ def _next_signs(inputs: tuple) -> tuple[tuple[bool, ...], bool]:
     state.count += 1
     here = tuple((x.shape, x.dtype) for x in inputs)
     if k >= len(state.flags) or state.shapes[k] != here:
-        state.flags = []  # the calls differ from the analysed trace: trust nothing from here on
-        return unknown
+        state.flags, state.diverged = [], True  # the calls differ from the analysed trace:
+        return unknown  # trust nothing from here on
     return state.flags[k], k < len(state.gated) and state.gated[k]
 
 

@@ -196,8 +196,7 @@ def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
 
 
 def _propagate(fn: Callable, x: Array, target_arr: Any, target_fn: Any, mode: str) -> Array:
-    with signs.known_signs(fn, x):  # layers behind ReLUs skip the a- products of z+/alpha-beta
-        y, pull = jax.vjp(fn, x)
+    y, pull = signs.vjp(fn, x)  # with the cheaper forms that lrpjax.signs proves exact
     target = target_fn if target_fn is not None else target_arr
     (R,) = pull(output_relevance(y, target, mode))  # type: ignore[arg-type]
     return R

@@ -21,15 +21,17 @@ unrecognised consumer, a model output, or a loop or branch means "not proven".
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import core
 
-__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "output_gates"]
+__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "output_gates", "vjp"]
 
 _ALWAYS = {"abs", "exp", "exp2", "logistic", "sqrt", "rsqrt", "square", "iota"}
 _ALL = {  # non-negative when every operand is
@@ -48,6 +50,12 @@ _SUB_JAXPR = ("jaxpr", "call_jaxpr")
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
           "custom_vjp_call_jaxpr", "checkpoint", "remat", "remat2", "named_call"}
 _ENABLED = [True]
+# The analysis trace replaces every LRP layer by a plain marked call. A model that reuses a
+# jitted or checkpointed function (``jax.jit(lambda m, x: m(x))`` at module level) would let JAX
+# cache that marked trace and serve it to the real one -- a plain gradient in place of the
+# rule. A jit-cache-sensitive context with a fresh value per analysis keeps them apart.
+_ANALYSIS_TRACE = jax.make_user_context(default_value=None)
+_ANALYSES = itertools.count()
 
 
 def _value_nonneg(val: Any) -> bool:
@@ -146,8 +154,9 @@ _GRAD_CALLS = _CALLS - {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_j
 
 
 def _is_float(var: Any) -> bool:
+    """A floating (or complex) result -- bfloat16 and float8 included -- carries relevance."""
     dtype = getattr(getattr(var, "aval", None), "dtype", None)
-    return dtype is not None and np.issubdtype(dtype, np.inexact)
+    return dtype is None or jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _literal(v: Any) -> float | None:
@@ -157,23 +166,29 @@ def _literal(v: Any) -> float | None:
 
 
 def _activation_kind(jaxpr: Any) -> str | None:
-    """"move" if a one-input jaxpr only moves values (reshapes), "relu" if it is such moves and
-    max(., 0) -- each output element is relu of one input element -- else None."""
-    kinds = set()
+    """How a one-input, one-output jaxpr maps its input to its output, followed along the
+    dataflow: "move" when only reshapes lie between them (element i of the output is element i
+    of the input), "relu" when also max(., 0) (element i is relu of element i), else None."""
+    if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1:
+        return None
+    kind = {jaxpr.invars[0]: "move"}  # variables derived from the input, by how
     for eqn in jaxpr.eqns:
         name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+        ins = [v for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)]
+        if len(ins) != 1 or ins[0] not in kind or len(eqn.outvars) != 1:
+            continue  # not on a path from the input (if the output uses it: None below)
+        here = kind[ins[0]]
         if sub is not None and (name in _GRAD_CALLS or _is_relu_call(eqn)):
-            inner = _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
-            if inner is None:
-                return None
-            kinds.add(inner)
+            step = _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
         elif name == "max" and len(eqn.invars) == 2 and 0.0 in map(_literal, eqn.invars):
-            kinds.add("relu")
+            step = "relu"
         elif name in ("reshape", "squeeze", "expand_dims", "copy", "copy_p"):
-            kinds.add("move")
+            step = "move"
         else:
-            return None
-    return "relu" if "relu" in kinds else "move"
+            step = None
+        if step is not None:
+            kind[eqn.outvars[0]] = "relu" if "relu" in (here, step) else "move"
+    return kind.get(jaxpr.outvars[0])
 
 
 def _is_relu_call(eqn: Any) -> bool:
@@ -249,8 +264,7 @@ class _Gates:
             if kind == "zero" and getattr(rule, "scales_by_input", False):
                 return True  # R_in = a * (...)
             body = None if sub is None else (sub.jaxpr if hasattr(sub, "jaxpr") else sub)
-            if (getattr(rule, "passes_relevance", False) and body is not None
-                    and len(body.invars) == 1 and len(body.outvars) == 1):
+            if getattr(rule, "passes_relevance", False) and body is not None:
                 act = _activation_kind(body)
                 if act == "relu":  # z < 0 and z == 0 both give a zero output
                     return after("zero")
@@ -285,7 +299,8 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
     log: list = []
     token = core._MARKING.set(log)
     try:
-        closed = jax.make_jaxpr(fn)(x)
+        with _ANALYSIS_TRACE(next(_ANALYSES)):  # keep marked traces out of JAX's caches
+            closed = jax.make_jaxpr(fn)(x)
     except Exception:  # noqa: BLE001 - an optimisation only: fall back to the general path
         return None
     finally:
@@ -298,7 +313,11 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
         signs = found.get(k, [])
         n = len(layer_shapes)  # the layer inputs are the last n arguments of the marked call
         flags.append(tuple(signs[-n:]) if len(signs) >= n else (False,) * n)
-    return core.SignState(flags=flags, shapes=shapes, gated=output_gates(closed.jaxpr, log))
+    try:
+        gated = output_gates(closed.jaxpr, log)
+    except RecursionError:  # an absurdly long chain of reshapes: prove nothing
+        gated = [False] * len(log)
+    return core.SignState(flags=flags, shapes=shapes, gated=gated)
 
 
 def output_gates(jaxpr: Any, log: Sequence[tuple]) -> list[bool]:
@@ -319,6 +338,17 @@ def known_signs(fn: Callable[[Any], Any], x: Any) -> Iterator[core.SignState | N
         yield state
     finally:
         core._SIGNS.reset(token)
+
+
+def vjp(fn: Callable[[Any], Any], x: Any) -> tuple[Any, Callable]:
+    """``jax.vjp(fn, x)`` with the proven facts applied to its LRP layers. Should the traced
+    layer calls not match the analysed ones one for one, it traces again without them."""
+    with known_signs(fn, x) as state:
+        y, pull = jax.vjp(fn, x)
+    if state is None or state.matched():
+        return y, pull
+    with disabled(), known_signs(fn, x):
+        return jax.vjp(fn, x)
 
 
 @contextlib.contextmanager

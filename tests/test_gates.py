@@ -206,3 +206,115 @@ def test_gated_gamma_with_zero_bias_keeps_both_signs():
     x = jax.random.normal(jax.random.key(7), (16, 6))
     comp = C.Uniform(R.Gamma(0.25, zero_bias=True))
     assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp), rel=1e-6)
+
+
+# ---------------------------------------------------------------- found in review
+class _Cast(nnx.Module):
+    """A Gamma layer whose output goes through a bfloat16 round trip, not a ReLU."""
+
+    def __init__(self, rngs):
+        self.l0, self.l1 = nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 4, rngs=rngs)
+        self.l0.bias[...] = jnp.full((8,), -0.3)
+
+    def __call__(self, x):
+        z = self.l0(jax.nn.relu(x)).astype(jnp.bfloat16).astype(jnp.float32)
+        return self.l1(z)
+
+
+def test_bfloat16_results_carry_relevance():
+    model, x = _Cast(nnx.Rngs(3)), jax.random.normal(jax.random.key(1), (16, 8))
+    comp = C.Uniform(R.Gamma(0.25))
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    assert _gates(fn, x)[0] is False
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+
+
+class _DeadReLU(nnx.Module):
+    """An activation layer that computes a ReLU and returns its input: Pass-wrapped, no gate."""
+
+    def __call__(self, x):
+        jnp.maximum(x, 0.0)
+        return x
+
+
+def test_a_pass_layer_gates_only_through_what_it_returns():
+    rngs = nnx.Rngs(3)
+    model = _seq(nnx.Linear(8, 8, rngs=rngs), _DeadReLU(), nnx.Linear(8, 4, rngs=rngs))
+    x = jax.random.normal(jax.random.key(1), (16, 8))
+    comp = C.Composite(C.by_type({nnx.Linear: R.Gamma(0.25), _DeadReLU: R.Pass()}))
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    assert _gates(fn, x)[0] is False
+
+
+_APPLY = jax.jit(lambda module, x: module(x))  # reused across traces: JAX caches its trace
+_REMAT = jax.checkpoint(lambda module, x: module(x))
+
+
+class _Wrapped(nnx.Module):
+    def __init__(self, wrapper, rngs):
+        self.l0, self.l1 = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 6, rngs=rngs)
+        self.l2 = nnx.Linear(6, 3, rngs=rngs)
+        self.wrapper = wrapper
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.l0(x))
+        return self.l2(jax.nn.relu(self.wrapper(self.l1, h)))
+
+
+@pytest.mark.parametrize("wrapper", [_APPLY, _REMAT], ids=["jit", "checkpoint"])
+def test_the_analysis_trace_never_reaches_jax_caches(wrapper):
+    """The analysis replaces every LRP layer by a plain marked call; a module-level jitted or
+    checkpointed wrapper must not cache that trace for the real one (it did: the layer inside
+    fell back to the plain gradient and the next layer took its facts)."""
+    model = _Wrapped(wrapper, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(R.Gamma(0.25))
+    for _ in range(2):  # also a second analysis of the same model: no stale markers
+        fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+        assert _gates(fn, x) == [True, True, False]
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+    eps = lrpjax.relevance(model, x, composite=C.Uniform(R.Epsilon(0.0)))
+    np.testing.assert_allclose(eps, lrpjax.gradient_x_input(model, x), rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(eps))))  # LRP-0, sanity
+
+
+def test_traces_that_differ_from_the_analysis_fall_back_to_the_general_forms():
+    """signs.vjp: if the real trace makes other layer calls than the analysed one (here a
+    Python-side counter adds a layer to the first trace only), it traces again without facts."""
+    params = {"kernel": jax.random.normal(jax.random.key(0), (4, 4)), "bias": -0.1 * jnp.ones(4)}
+    traces = []
+
+    def fn(x):
+        traces.append(1)
+        h = x
+        if len(traces) == 1:
+            h = core.apply_rule(_dense, R.Gamma(0.5), params, jax.nn.relu(h))
+        return core.apply_rule(_dense, R.Gamma(0.5), params, h)
+
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    y, pull = signs.vjp(fn, x)
+    assert len(traces) == 3  # analysis, mismatched trace, trace without the analysis
+    (R_,) = pull(y)
+    with signs.disabled():
+        y0, pull0 = jax.vjp(fn, x)
+    np.testing.assert_allclose(R_, pull0(y0)[0], rtol=1e-6, atol=1e-7)
+
+
+def _dense(params, a):
+    return a @ params["kernel"] + params["bias"]
+
+
+def test_a_very_long_chain_of_reshapes_proves_nothing_but_works():
+    class Deep(nnx.Module):
+        def __init__(self, rngs):
+            self.l0, self.l1 = nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            z = self.l0(jax.nn.relu(x))
+            for _ in range(600):
+                z = z.reshape(z.shape[0], 2, 4).reshape(z.shape[0], 8)
+            return self.l1(jax.nn.relu(z))
+
+    model, x = Deep(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (4, 8))
+    comp = C.Uniform(R.Gamma(0.25))
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
