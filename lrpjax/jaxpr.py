@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.extend as jex
+import numpy as np
 
 from .composites import Composite, LayerInfo
 from .core import apply_rule
@@ -184,10 +185,11 @@ def _same_shape(eqn: Any, dmask: list) -> bool:
 
 
 def _wrap(eqn: Any, vals: list, dmask: list, rule: Any) -> Any:
-    """The equation as a layer: x-dependent operands are inputs, traced others parameters;
-    concrete constants (literals such as ReLU's 0) stay in the layer, where the sign analysis
-    (:mod:`lrpjax.signs`) can read them."""
-    traced = [not d and isinstance(v, jax.core.Tracer) for v, d in zip(vals, dmask, strict=True)]
+    """The equation as a layer: x-dependent operands are inputs, the others parameters, except
+    concrete scalars (literals such as ReLU's 0): those stay in the layer, where the sign
+    analysis (:mod:`lrpjax.signs`) can read them."""
+    traced = [not d and (isinstance(v, jax.core.Tracer) or np.ndim(v) > 0)
+              for v, d in zip(vals, dmask, strict=True)]
     const = tuple(v for v, t in zip(vals, traced, strict=True) if t)
     xs = [v for v, d in zip(vals, dmask, strict=True) if d]
 
