@@ -15,6 +15,8 @@ Parameters are explicit arguments of ``fwd`` (never closed over), so the same co
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,9 +67,9 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
         return jax.jit(marked)(params, *inputs)
     nonneg, gated = _next_signs(inputs)
     known: dict[str, Any] = {}
-    if any(nonneg) and getattr(rule, "uses_input_signs", False):
+    if any(nonneg) and _accepts(rule, "uses_input_signs", "nonneg"):
         known["nonneg"] = nonneg
-    if gated and getattr(rule, "uses_output_gate", False):
+    if gated and _accepts(rule, "uses_output_gate", "gated"):
         known["gated"] = True
 
     @jax.custom_vjp
@@ -88,6 +90,27 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Arra
 
     layer.defvjp(layer_fwd, layer_bwd)
     return layer(params, *inputs)
+
+
+@functools.cache
+def _call_keywords(cls: type) -> frozenset[str]:
+    try:
+        params = inspect.signature(cls.__call__).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return frozenset({"*"})
+    return frozenset(p.name for p in params)
+
+
+def _accepts(rule: Any, flag: str, keyword: str) -> bool:
+    """The rule opts in (class attribute ``flag``) and its ``__call__`` takes ``keyword`` (a
+    user's subclass written before the keyword existed inherits the flag but not the
+    parameter)."""
+    if not getattr(rule, flag, False):
+        return False
+    names = _call_keywords(type(rule))
+    return keyword in names or "*" in names
 
 
 MARKER = "lrpjax_layer_"

@@ -34,11 +34,19 @@ def _path(module: nn.Module) -> str:
     return "/".join(module.scope.path) if module.scope is not None else ""
 
 
+def _is_linen_jit(cls: type) -> bool:
+    """A class made by ``flax.linen.jit`` (Flax names it Jit<Name> in flax.linen.transforms)."""
+    return cls.__module__ == "flax.linen.transforms" and cls.__name__.startswith("Jit")
+
+
 def call_order(model: nn.Module, variables: Any, x: Any, **kwargs: Any) -> list[tuple[str, Any]]:
     """Leaf modules in forward order: modules called with no intercepted call below them."""
     log: list[tuple[str, Any]] = []
+    jitted: list[str] = []
 
     def record(next_fun: Callable, args: tuple, kw: dict, context: Any) -> Any:
+        if _is_linen_jit(type(context.module)):
+            jitted.append(type(context.module).__name__)
         if context.method_name == "__call__" and not _REENTRY.get():
             log.append((_path(context.module), context.module))
         return next_fun(*args, **kw)
@@ -54,6 +62,12 @@ def call_order(model: nn.Module, variables: Any, x: Any, **kwargs: Any) -> list[
             f"the model cannot be evaluated on an input of shape {tuple(x.shape)} and dtype "
             f"{x.dtype}: {type(err).__name__}: {err}"
         ) from err
+    if jitted:
+        raise ValueError(
+            f"cannot explain through flax.linen.jit ({sorted(set(jitted))}): JAX reuses one trace for "
+            "every instance of a jitted module class, so the layers of all but the first stay "
+            "hidden from lrpjax (wrong heatmaps). Use the plain module class; lrpjax.relevance "
+            "compiles the whole model anyway.")
     paths = [p for p, _ in log]
     return [(p, m) for p, m in log
             if not any(q != p and (p == "" or q.startswith(p + "/")) for q in paths)]

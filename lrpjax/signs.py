@@ -50,11 +50,14 @@ _SUB_JAXPR = ("jaxpr", "call_jaxpr")
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
           "custom_vjp_call_jaxpr", "checkpoint", "remat", "remat2", "named_call"}
 _ENABLED = [True]
-# The analysis trace replaces every LRP layer by a plain marked call. A model that reuses a
-# jitted or checkpointed function (``jax.jit(lambda m, x: m(x))`` at module level) would let JAX
-# cache that marked trace and serve it to the real one -- a plain gradient in place of the
-# rule. A jit-cache-sensitive context with a fresh value per analysis keeps them apart.
-_ANALYSIS_TRACE = jax.make_user_context(default_value=None)
+# JAX caches the traces of jitted and checkpointed functions (``jax.jit(lambda m, x: m(x))`` at
+# module level, inside a model). The analysis trace replaces every LRP layer by a plain marked
+# call, and a real trace bakes the proven facts into its layers; neither may be served to a
+# trace made with other facts (a plain gradient in place of a rule; one model's facts in
+# another). A jit-cache-sensitive context keeps them apart: a fresh value per analysis, and
+# the facts themselves for a real trace. Layers inside one cached body share one LRP call, so
+# the analysis combines the facts of all its call sites (a fact must hold at every one).
+_TRACE_FACTS = jax.make_user_context(default_value=None)
 _ANALYSES = itertools.count()
 
 
@@ -119,7 +122,8 @@ def _analyse(jaxpr: Any, consts: Sequence[Any], ins: Sequence[bool], found: dict
         name = eqn.primitive.name
         label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
         if label.startswith(core.MARKER):
-            found[int(label[len(core.MARKER):])] = signs
+            k = int(label[len(core.MARKER):])  # one traced body can serve several call sites
+            found[k] = [a and b for a, b in zip(found.get(k, signs), signs, strict=True)]
         sub = _sub_jaxpr(eqn)
         if name not in _CALLS and sub is not None:
             outs = [False] * len(eqn.outvars)
@@ -216,7 +220,8 @@ class _Gates:
             label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
             if label.startswith(core.MARKER):
                 k = int(label[len(core.MARKER):])
-                gates[k] = (k < len(self.rules) and len(eqn.outvars) == 1
+                gates[k] = (gates.get(k, True) and k < len(self.rules)  # every call site
+                            and len(eqn.outvars) == 1
                             and self.holds(jaxpr, eqn.outvars[0], "neg", outer))
             elif name in _GRAD_CALLS and sub is not None:
                 inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
@@ -299,7 +304,7 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
     log: list = []
     token = core._MARKING.set(log)
     try:
-        with _ANALYSIS_TRACE(next(_ANALYSES)):  # keep marked traces out of JAX's caches
+        with _TRACE_FACTS(("analysis", next(_ANALYSES))):  # marked traces stay out of caches
             closed = jax.make_jaxpr(fn)(x)
     except Exception:  # noqa: BLE001 - an optimisation only: fall back to the general path
         return None
@@ -344,7 +349,10 @@ def vjp(fn: Callable[[Any], Any], x: Any) -> tuple[Any, Callable]:
     """``jax.vjp(fn, x)`` with the proven facts applied to its LRP layers. Should the traced
     layer calls not match the analysed ones one for one, it traces again without them."""
     with known_signs(fn, x) as state:
-        y, pull = jax.vjp(fn, x)
+        key = None if state is None else (tuple(state.shapes), tuple(state.flags),
+                                          tuple(state.gated))
+        with _TRACE_FACTS(key):
+            y, pull = jax.vjp(fn, x)
     if state is None or state.matched():
         return y, pull
     with disabled(), known_signs(fn, x):

@@ -8,6 +8,8 @@ counter-examples show what an unsound gate would change.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -318,3 +320,97 @@ def test_a_very_long_chain_of_reshapes_proves_nothing_but_works():
     model, x = Deep(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (4, 8))
     comp = C.Uniform(R.Gamma(0.25))
     assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+
+
+# ---------------------------------------------------------------- found in the second review
+class _Tied(nnx.Module):
+    """One Linear applied three times through a module-level wrapper (JAX traces its body once:
+    one LRP layer call serves all three sites), first on the signed input, then on ReLUs."""
+
+    def __init__(self, wrapper, rngs):
+        self.b, self.o = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 3, rngs=rngs)
+        self.wrapper = wrapper
+
+    def __call__(self, x):
+        h = x
+        for _ in range(3):
+            h = jax.nn.relu(self.wrapper(self.b, h))
+        return self.o(h)
+
+
+@pytest.mark.parametrize("wrapper", [_APPLY, _REMAT], ids=["jit", "checkpoint"])
+@pytest.mark.parametrize("rule", [R.Gamma(0.25), R.ZPlus()], ids=["gamma", "zplus"])
+def test_a_body_shared_by_several_call_sites_gets_only_facts_true_at_all(wrapper, rule):
+    model = _Tied(wrapper, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(rule)
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    state = signs.nonneg_layer_inputs(fn, x)
+    assert state.flags[0] == (False,)  # the first site's input is signed
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+
+
+class _Gated(nnx.Module):  # l0's input >= 0 and its output feeds a ReLU: both facts proven
+    def __init__(self, rngs):
+        self.l0, self.l2 = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jax.nn.relu(_APPLY(self.l0, jax.nn.relu(x))))
+
+
+class _Ungated(_Gated):  # the same layer (path, rule, shapes), its output used linearly
+    def __call__(self, x):
+        return self.l2(_APPLY(self.l0, jax.nn.relu(x)))
+
+
+def test_facts_baked_into_a_cached_trace_never_reach_another_model():
+    x = jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(R.Gamma(0.25))
+    gated, ungated = _Gated(nnx.Rngs(0)), _Ungated(nnx.Rngs(1))
+    jax.clear_caches()
+    with signs.disabled():
+        truth = lrpjax.relevance(ungated, x, composite=comp)
+    jax.clear_caches()
+    lrpjax.relevance(gated, x, composite=comp)  # traces _APPLY with the gate proven
+    after = lrpjax.relevance(ungated, x, composite=comp)  # no cache clearing: normal use
+    np.testing.assert_allclose(after, truth, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(truth))))
+
+
+def test_a_user_subclass_with_the_older_signature_still_works():
+    """A Gamma subclass whose __call__ predates ``gated=`` inherits the opt-in attribute but not
+    the keyword: it gets the keywords it accepts only (and the general two-transpose form)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class MyGamma(R.Gamma):
+        def __call__(self, fwd, params, inputs, z, R_, *, nonneg=(False,)):
+            return super().__call__(fwd, params, inputs, z, R_, nonneg=nonneg)
+
+    model = CNN(pool="max", rngs=nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
+    mine = lrpjax.relevance(model, x, composite=C.Uniform(MyGamma(0.25)))
+    ours = lrpjax.relevance(model, x, composite=C.Uniform(R.Gamma(0.25)))
+    np.testing.assert_allclose(mine, ours, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(ours))))
+
+
+def test_linen_jit_inside_a_model_is_refused():
+    """flax.linen.jit shares one trace between instances: the second block's layers never reach
+    the interceptor, so the heatmap would be silently wrong. lrpjax says so instead."""
+    from flax import linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            return nn.Dense(6)(h)
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            jitted = nn.jit(Block)
+            h = nn.relu(jitted(name="b0")(x))
+            return nn.Dense(3)(nn.relu(jitted(name="b1")(h)))
+
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    model = Model()
+    variables = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="flax.linen.jit"):
+        lrpjax.relevance(model, x, composite=C.Uniform(R.Gamma()), variables=variables)
