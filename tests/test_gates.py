@@ -414,3 +414,72 @@ def test_linen_jit_inside_a_model_is_refused():
     variables = model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="flax.linen.jit"):
         lrpjax.relevance(model, x, composite=C.Uniform(R.Gamma()), variables=variables)
+
+
+# ---------------------------------------------------------------- found in the third review
+class _LoopToo(nnx.Module):
+    """A layer body JAX caches, used once outside (input >= 0, output gated) and once inside a
+    scan or cond on a signed input: the loop's call site must take the general forms too."""
+
+    def __init__(self, wrapper, mode, rngs):
+        self.b, self.o = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 3, rngs=rngs)
+        self.wrapper, self.mode = wrapper, mode
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.wrapper(self.b, jax.nn.relu(x)))
+        if self.mode == "scan":
+            h2, _ = jax.lax.scan(lambda c, _: (self.wrapper(self.b, c), None), h - 0.5, None,
+                                 length=2)
+        else:
+            h2 = jax.lax.cond(x[0, 0] > -100, lambda c: self.wrapper(self.b, c), lambda c: c,
+                              h - 0.5)
+        return self.o(h2)
+
+
+@pytest.mark.parametrize("mode", ["scan", "cond"])
+@pytest.mark.parametrize("rule", [R.Gamma(0.25), R.AlphaBeta(2.0, 1.0)], ids=["gamma", "a2b1"])
+def test_a_cached_body_also_used_inside_a_loop_or_branch_proves_nothing(mode, rule):
+    model = _LoopToo(_APPLY, mode, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(rule)
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    state = signs.nonneg_layer_inputs(fn, x)
+    assert state.flags[0] == (False,) and state.gated[0] is False
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+
+
+class _IntScale(nnx.Module):
+    """A ReLU output times |int32(...)|: abs of a signed integer can wrap below zero."""
+
+    def __init__(self, rngs):
+        self.l0, self.l1 = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        scale = jax.lax.stop_gradient(jnp.abs((x * 1e10).astype(jnp.int32)) * 1e-9)
+        return self.l1(jax.nn.relu(self.l0(x)) * scale)
+
+
+def test_signed_integer_arithmetic_proves_no_sign():
+    model, x = _IntScale(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(R.ZPlus())
+    fn, _ = lrpjax.nnx.lrp_function(model, comp, x)
+    assert signs.nonneg_layer_inputs(fn, x).flags[1] == (False,)
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
+
+
+class _GradInside(nnx.Module):
+    """The forward pass differentiates one of its own layers (JAX splits the marked call)."""
+
+    def __init__(self, rngs):
+        self.b, self.o = nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.b(jax.nn.relu(x)))
+        g = jax.grad(lambda r: jax.nn.relu(self.b(r)).sum())(h)
+        return self.o(h * g)
+
+
+def test_a_model_that_differentiates_its_own_layers_does_not_crash_the_analysis():
+    model, x = _GradInside(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (8, 6))
+    comp = C.Uniform(R.Gamma(0.25))
+    assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp))
