@@ -41,6 +41,20 @@ def _sub_jaxpr(eqn: Any) -> Any:
     return None
 
 
+def _body(eqn: Any) -> Any:
+    """The open jaxpr of a call-like equation's body (``_sub_jaxpr`` unwrapped), or None."""
+    sub = _sub_jaxpr(eqn)
+    return sub.jaxpr if hasattr(sub, "jaxpr") else sub
+
+
+def _marker(eqn: Any) -> int | None:
+    """k for the marked LRP layer call ``lrpjax_layer_<k>`` (:mod:`lrpjax.core`), else None."""
+    if eqn.primitive.name not in ("jit", "pjit"):
+        return None
+    label = str(eqn.params.get("name", ""))
+    return int(label[len(core.MARKER):]) if label.startswith(core.MARKER) else None
+
+
 def _sub_jaxprs(eqn: Any) -> list:
     """Every jaxpr among an equation's parameters (call bodies, loop bodies, cond branches)."""
     found = []
@@ -55,9 +69,8 @@ def _sub_jaxprs(eqn: Any) -> list:
 
 def _markers_in(jaxpr: Any, out: set) -> None:
     for eqn in jaxpr.eqns:
-        label = str(eqn.params.get("name", "")) if eqn.primitive.name in ("jit", "pjit") else ""
-        if label.startswith(core.MARKER):
-            out.add(int(label[len(core.MARKER):]))
+        if _marker(eqn) is not None:
+            out.add(_marker(eqn))
         for sub in _sub_jaxprs(eqn):
             _markers_in(sub, out)
 
@@ -95,13 +108,13 @@ def _activation_kind(jaxpr: Any) -> str | None:
         return None
     kind = {jaxpr.invars[0]: "move"}  # variables derived from the input, by how
     for eqn in jaxpr.eqns:
-        name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+        name, body = eqn.primitive.name, _body(eqn)
         ins = [v for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)]
         if len(ins) != 1 or ins[0] not in kind or len(eqn.outvars) != 1:
             continue  # not on a path from the input (if the output uses it: None below)
         here = kind[ins[0]]
-        if sub is not None and (name in _GRAD_CALLS or _is_relu_call(eqn)):
-            step = _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
+        if body is not None and (name in _GRAD_CALLS or _is_relu_call(eqn)):
+            step = _activation_kind(body)
         elif name == "max" and len(eqn.invars) == 2 and 0.0 in map(_literal, eqn.invars):
             step = "relu"
         elif name in ("reshape", "squeeze", "expand_dims", "copy", "copy_p"):
@@ -134,17 +147,14 @@ class _Gates:
     def walk(self, jaxpr: Any, outer: Callable[[int, str], bool], gates: dict) -> None:
         """Fill ``gates[k]`` for every marked call k in ``jaxpr`` and the calls inside it."""
         for eqn in jaxpr.eqns:
-            name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
-            label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
-            if label.startswith(core.MARKER):
-                k = int(label[len(core.MARKER):])
+            k, inner = _marker(eqn), _body(eqn)
+            if k is not None:
                 gates[k] = (gates.get(k, True) and k < len(self.rules)  # every call site
                             and len(eqn.outvars) == 1
                             and self.holds(jaxpr, eqn.outvars[0], "neg", outer))
-            elif name in _GRAD_CALLS and sub is not None:
-                inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-                if len(inner.invars) == len(eqn.invars):
-                    self.walk(inner, self._outer(jaxpr, eqn, outer), gates)
+            elif (eqn.primitive.name in _GRAD_CALLS and inner is not None
+                  and len(inner.invars) == len(eqn.invars)):
+                self.walk(inner, self._outer(jaxpr, eqn, outer), gates)
 
     def _outer(self, jaxpr: Any, eqn: Any, outer: Callable) -> Callable[[int, str], bool]:
         """For a call's body: its i-th result is the call's i-th output in ``jaxpr``."""
@@ -171,14 +181,12 @@ class _Gates:
         """Is the relevance this one consumer sends back zero where the operand is < 0 / == 0?"""
         if not any(_is_float(v) for v in eqn.outvars):
             return True  # integer / boolean results carry no relevance
-        name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
+        name, body, k = eqn.primitive.name, _body(eqn), _marker(eqn)
 
         def after(kind_out: str) -> bool:
             return self.holds(jaxpr, eqn.outvars[0], kind_out, outer)
 
-        label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
-        if label.startswith(core.MARKER):
-            k = int(label[len(core.MARKER):])
+        if k is not None:
             if k >= len(self.rules):  # a stale marker (a trace JAX cached): know nothing
                 return False
             rule, n_params = self.rules[k], len(eqn.invars) - self.n_inputs[k]
@@ -186,7 +194,6 @@ class _Gates:
                 return True  # parameters get zero cotangents
             if kind == "zero" and getattr(rule, "scales_by_input", False):
                 return True  # R_in = a * (...)
-            body = None if sub is None else (sub.jaxpr if hasattr(sub, "jaxpr") else sub)
             if getattr(rule, "passes_relevance", False) and body is not None:
                 act = _activation_kind(body)
                 if act == "relu":  # z < 0 and z == 0 both give a zero output
@@ -194,14 +201,13 @@ class _Gates:
                 if act == "move":
                     return after(kind)
             return False
-        if _is_relu_call(eqn) and sub is not None:  # zero wherever x <= 0
-            return _activation_kind(sub.jaxpr if hasattr(sub, "jaxpr") else sub) == "relu"
-        if name in _GRAD_CALLS and sub is not None:
-            inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-            if len(inner.invars) != len(eqn.invars):
+        if _is_relu_call(eqn) and body is not None:  # zero wherever x <= 0
+            return _activation_kind(body) == "relu"
+        if name in _GRAD_CALLS and body is not None:
+            if len(body.invars) != len(eqn.invars):
                 return False
             body_outer = self._outer(jaxpr, eqn, outer)
-            return all(self.holds(inner, inner.invars[j], kind, body_outer) for j in positions)
+            return all(self.holds(body, body.invars[j], kind, body_outer) for j in positions)
         if name == "max" and len(eqn.invars) == 2:
             other = _literal(eqn.invars[1 - positions[0]]) if len(positions) == 1 else None
             if other is not None and (other > 0 or (other == 0 and kind == "neg")):

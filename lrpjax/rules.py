@@ -226,8 +226,8 @@ class Gamma:
             z = fwd(p, a)
         b = _bias_out(fwd, p, a, z)
         if nonneg[0]:  # a >= 0 proven (lrpjax.signs): a- = 0
-            w = _zero_bias(p)
-            u = fwd(map_params(w, weight=lambda k: jnp.maximum(k, 0)), a)  # W+ a
+            w, (w_pos, _) = _zero_bias(p), _pos_neg(p)
+            u = fwd(w_pos, a)  # W+ a
             s_p = self._quotient(z > 0, R, z + g * (u + jnp.maximum(b, 0)))
             _, P_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.maximum(k, 0)), a)
             if gated and not self.zero_bias:  # R = 0 where z < 0 (lrpjax.signs): s_n = 0

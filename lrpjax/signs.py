@@ -29,9 +29,18 @@ import jax
 import numpy as np
 
 from . import core
-from .gates import _CALLS, _GRAD_CALLS, _markers_in, _sub_jaxpr, _sub_jaxprs, output_gates
+from .gates import (
+    _CALLS,
+    _GRAD_CALLS,
+    _body,
+    _marker,
+    _markers_in,
+    _sub_jaxpr,
+    _sub_jaxprs,
+    output_gates,
+)
 
-__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "output_gates", "vjp"]
+__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "vjp"]
 
 _ALWAYS = {"abs", "exp", "exp2", "logistic", "sqrt", "rsqrt", "square", "iota"}
 _ALL = {  # non-negative when every operand is
@@ -106,9 +115,8 @@ def _analyse(jaxpr: Any, consts: Sequence[Any], ins: Sequence[bool], found: dict
     for eqn in jaxpr.eqns:
         signs = [sign(v) for v in eqn.invars]
         name = eqn.primitive.name
-        label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
-        if label.startswith(core.MARKER):
-            k = int(label[len(core.MARKER):])  # one traced body can serve several call sites
+        k = _marker(eqn)
+        if k is not None:  # one traced body can serve several call sites
             seen = found.get(k, signs)
             found[k] = ([a and b for a, b in zip(seen, signs, strict=True)]
                         if len(seen) == len(signs) else [False] * len(signs))
@@ -147,12 +155,11 @@ def _unreached(jaxpr: Any, entered: set, out: set) -> None:
     follow): they are traced once and may serve call sites the analysis never saw, so no fact
     found elsewhere may be applied to them."""
     for eqn in jaxpr.eqns:
-        name, sub = eqn.primitive.name, _sub_jaxpr(eqn)
-        label = str(eqn.params.get("name", "")) if name in ("jit", "pjit") else ""
-        if label.startswith(core.MARKER):
+        if _marker(eqn) is not None:
             continue
-        inner = None if sub is None else (sub.jaxpr if hasattr(sub, "jaxpr") else sub)
-        if inner is not None and name in entered and len(inner.invars) == len(eqn.invars):
+        inner = _body(eqn)
+        if (inner is not None and eqn.primitive.name in entered
+                and len(inner.invars) == len(eqn.invars)):
             _unreached(inner, entered, out)
         else:
             for body in _sub_jaxprs(eqn):
@@ -191,7 +198,8 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
         signs = [] if k in unseen_fwd else found.get(k, [])
         n = len(layer_shapes)  # the layer inputs are the last n arguments of the marked call
         flags.append(tuple(signs[-n:]) if len(signs) >= n else (False,) * n)
-    gated = [g and k not in unseen_fwd | unseen_bwd for k, g in enumerate(gated)]
+    unseen = unseen_fwd | unseen_bwd
+    gated = [g and k not in unseen for k, g in enumerate(gated)]
     return core.SignState(flags=flags, shapes=shapes, gated=gated)
 
 

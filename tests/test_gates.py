@@ -1,4 +1,4 @@
-"""The output-gate analysis (lrpjax.signs.output_gates) and Gamma's one-transpose form it enables.
+"""The output-gate analysis (lrpjax.gates.output_gates) and Gamma's one-transpose form it enables.
 
 A layer is "gated" when the relevance reaching it is provably zero wherever its output z < 0;
 Gamma then drops its s_n half. The analysis may only say so where it is true: every test that
