@@ -47,6 +47,12 @@ def _concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _all_finite(x: Array) -> bool:
+    """Eagerly, also while a ``jax.jit`` traces a function that closes over a concrete x."""
+    with jax.ensure_compile_time_eval():
+        return bool(jnp.all(jnp.isfinite(x)))
+
+
 def _check_input(x: Any) -> Array:
     if not hasattr(x, "dtype"):
         x = np.asarray(x)
@@ -56,7 +62,7 @@ def _check_input(x: Any) -> Array:
     if x.ndim < 2:
         raise ValueError(f"x must have a leading batch axis (N, ...), got shape {tuple(x.shape)}")
     x = jnp.asarray(x)
-    if _concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    if _concrete(x) and not _all_finite(x):
         raise ValueError("x contains NaN or infinite values")
     return x
 

@@ -117,6 +117,12 @@ def test_jit_equals_eager_and_vmap_equals_loop():
     eager = lrpjax.relevance(model, x, composite=comp, target=1)
     jitted = jax.jit(lambda a: lrpjax.relevance(model, a, composite=comp, target=1))(x)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
+    # x closed over (a constant of the trace) and the target traced: still checked, same result
+    by_target = jax.jit(lambda t: lrpjax.relevance(model, x, composite=comp, target=t))
+    np.testing.assert_allclose(by_target(1), eager, rtol=1e-6, atol=1e-7)
+    x_nan = x.at[0, 0, 0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        jax.jit(lambda t: lrpjax.relevance(model, x_nan, composite=comp, target=t))(1)
     # nnx.jit with the model as an argument
     f = nnx.jit(lambda m, a: lrpjax.relevance(m, a, composite=comp, target=1))
     np.testing.assert_allclose(f(model, x), eager, rtol=1e-6, atol=1e-7)
