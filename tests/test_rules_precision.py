@@ -85,3 +85,22 @@ def test_zbox_scalar_bounds_equal_array_bounds(seed):
     assert _rel(scalar, ref) <= 1e-5
     assert _rel(array, ref) <= 1e-5
     assert _rel(scalar, np.asarray(array, np.float64)) <= 1e-5
+
+
+def test_input_independent_terms_respect_layers_that_mix_the_batch():
+    """Flat's sum_i 1 and z^B's W+ l + W- h are computed for one example where the layer keeps
+    examples apart; a layer that sums over the batch must get them for the whole batch."""
+    rng = np.random.default_rng(7)
+    W, b = jnp.asarray(rng.normal(size=(5, 4))), jnp.asarray(rng.normal(size=4))
+    p = {"kernel": W, "bias": b}
+
+    def pooled(params, a):  # one output row for the whole batch
+        return a.sum(0, keepdims=True) @ params["kernel"] + params["bias"]
+
+    a = jnp.asarray(rng.uniform(0, 1, size=(3, 5)))
+    z, R_out = pooled(p, a), jnp.asarray(rng.normal(size=(1, 4)))
+    (flat,) = R.Flat(epsilon=0.0)(pooled, p, (a,), z, R_out)
+    np.testing.assert_allclose(flat, np.full((3, 5), float(R_out.sum()) / 15), rtol=1e-6)
+    (scalar,) = R.ZBox(0.0, 1.0)(pooled, p, (a,), z, R_out)
+    (array,) = R.ZBox(jnp.zeros(5), jnp.ones(5))(pooled, p, (a,), z, R_out)
+    np.testing.assert_allclose(scalar, array, rtol=1e-5, atol=1e-6)
