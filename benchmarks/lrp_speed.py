@@ -4,6 +4,7 @@
                                              [--reps 10] [--vgg-reps 3] [--json PATH]
                                              [--zennit-python PATH | --no-zennit]
                                              [--zennit-device auto|cpu|cuda]
+                                             [--xla auto|default|eigen|both]
 
 Every method is one ``jax.jit`` of a pure function of (parameters, x, target) (the functional
 NNX form: the weights are arguments, not baked-in constants). Reported apart: the first call
@@ -15,6 +16,10 @@ Nets (random weights, inputs uniform in [0, 1)): the MLP 784-300-100-10 (batch 1
 parameter CNN on 28x28x1 (conv5x5x32 relu pool2, conv5x5x64 relu pool2, dense 300 relu, dense
 10) with 2x2 average and with max pooling (batch 16, 64); VGG-16 on 224x224x3 (batch 1; batch 8
 with ``--full``); ``--quick`` skips VGG. VGG uses ``--vgg-reps`` (3) repetitions.
+
+On CPU every method is also compiled with ``lrpjax.cpu_compiler_options()`` (rows "eigen":
+Eigen's multi-threaded convolutions instead of YNNPACK's, which ran unfused convolutions on one
+thread on 2 cores; see lrpjax/xla.py) and timed in the same round robin as the defaults.
 
 Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed.py, in the torch
 venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing; on a GPU
@@ -108,10 +113,11 @@ def n_params(model: nnx.Module) -> int:
 
 
 # ---------------------------------------------------------------- lrpjax timing
-def methods(graphdef) -> dict:
+def methods(graphdef, options: dict | None = None) -> dict:
     """name -> jitted f(state, x, target); the model is rebuilt from its state inside."""
     def jit(f):
-        return jax.jit(lambda state, x, t: f(nnx.merge(graphdef, state), x, t))
+        return jax.jit(lambda state, x, t: f(nnx.merge(graphdef, state), x, t),
+                       compiler_options=options or None)
 
     fns = {"forward": jit(lambda m, x, t: m(x)),
            "gradient": jit(lambda m, x, t: lrpjax.gradient(m, x, target=t))}
@@ -180,6 +186,10 @@ def main() -> None:
     ap.add_argument("--zennit-python", type=Path, default=ZENNIT_PYTHON)
     ap.add_argument("--no-zennit", action="store_true")
     ap.add_argument("--zennit-device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--xla", default="auto", choices=("auto", "default", "eigen", "both"),
+                    help="XLA:CPU convolutions: YNNPACK (default), Eigen "
+                         "(lrpjax.cpu_compiler_options()) or both side by side; auto = both on "
+                         "CPU, default elsewhere")
     args = ap.parse_args()
     reps = args.reps
     only = set(args.only.split(","))
@@ -191,12 +201,19 @@ def main() -> None:
     if zennit_device == "auto":
         zennit_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
+    xla_configs = {"default": {}, "eigen": lrpjax.cpu_compiler_options()}
+    if args.xla == "auto":
+        args.xla = "both" if xla_configs["eigen"] else "default"
+    xla_configs = {k: v for k, v in xla_configs.items() if args.xla in (k, "both")}
     load = os.getloadavg()
     header = {"device": str(jax.devices()), "jax": jax.__version__, "cpu_count": os.cpu_count(),
-              "loadavg_1_5_15": load, "reps": reps, "vgg_reps": args.vgg_reps}
+              "loadavg_1_5_15": load, "reps": reps, "vgg_reps": args.vgg_reps,
+              "xla_compiler_options": xla_configs}
     print(f"device {header['device']}  jax {jax.__version__}  CPUs {os.cpu_count()}  "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"Zennit: {zennit or 'not available (skipped)'}\n")
+    print(f"Zennit: {zennit or 'not available (skipped)'}")
+    print("XLA compiler options: " + "; ".join(f"{k} = {v}" for k, v in xla_configs.items())
+          + "\n")
 
     configs = []  # (name, spec, input shape, batches, repetitions)
     if "mlp" in only:
@@ -208,14 +225,15 @@ def main() -> None:
         configs.append(("VGG-16", vgg16_spec(), (224, 224, 3), [1, 8] if args.full else [1],
                         args.vgg_reps))
 
-    cols = ("model", "batch", "method", "median ms", "min ms", "1st call s", "x grad",
+    cols = ("model", "batch", "xla", "method", "median ms", "min ms", "1st call s", "x grad",
             "Zennit ms", "min ms", "Zennit/lrpjax", "(min)", "rel.err")
-    fmt = "{:<18} {:>5} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
+    fmt = "{:<18} {:>5} {:<7} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
     rows = []
     for name, spec, in_shape, batches, n_reps in configs:
         model = build(spec, in_shape)
         graphdef, state = nnx.split(model)
-        fns = methods(graphdef)
+        fns = {(cfg, m): f for cfg, opts in xla_configs.items()
+               for m, f in methods(graphdef, opts).items()}
         print(f"{name}: {n_params(model) / 1e6:.2f}M parameters, {n_reps} repetitions")
         print(fmt.format(*cols))
         inputs, results = {}, {}
@@ -223,7 +241,7 @@ def main() -> None:
             x = jax.random.uniform(jax.random.key(n), (n, *in_shape))
             t = jnp.argmax(model(x), axis=-1)  # explain the prediction (eager, not timed)
             inputs[n] = (x, t)
-            calls = {m: (lambda f=f, s=state, x=x, t=t: f(s, x, t)) for m, f in fns.items()}
+            calls = {key: (lambda f=f, s=state, x=x, t=t: f(s, x, t)) for key, f in fns.items()}
             results[n] = time_round_robin(calls, n_reps)
         z = None
         if zennit is not None:
@@ -231,25 +249,27 @@ def main() -> None:
                 z = run_zennit(zennit, model, spec, in_shape, inputs, n_reps, tmp, zennit_device)
         for n in batches:
             first, times, outs = results[n]
-            med = {m: float(np.median(v)) for m, v in times.items()}
-            for m in fns:
-                row = {"model": name, "batch": n, "method": m, "median_ms": med[m],
-                       "min_ms": min(times[m]), "first_call_s": first[m],
-                       "ratio_to_gradient": med[m] / med["gradient"], "times_ms": times[m]}
+            med = {key: float(np.median(v)) for key, v in times.items()}
+            for key in fns:
+                cfg, m = key
+                row = {"model": name, "batch": n, "xla": cfg, "method": m, "median_ms": med[key],
+                       "min_ms": min(times[key]), "first_call_s": first[key],
+                       "ratio_to_gradient": med[key] / med[(cfg, "gradient")],
+                       "times_ms": times[key]}
                 zr = z["results"][str(n)].get(m) if z else None
                 if zr:
                     row |= {"zennit_median_ms": zr["median_ms"], "zennit_min_ms": min(zr["times_ms"]),
                             "zennit_first_call_s": zr["first_call_s"],
-                            "zennit_over_lrpjax": zr["median_ms"] / med[m],
-                            "zennit_over_lrpjax_min": min(zr["times_ms"]) / min(times[m]),
+                            "zennit_over_lrpjax": zr["median_ms"] / med[key],
+                            "zennit_over_lrpjax_min": min(zr["times_ms"]) / min(times[key]),
                             "zennit_times_ms": zr["times_ms"]}
                     if f"{m}_{n}" in z["heatmaps"]:
-                        row["rel_err_vs_zennit"] = rel_err(outs[m], z["heatmaps"][f"{m}_{n}"])
+                        row["rel_err_vs_zennit"] = rel_err(outs[key], z["heatmaps"][f"{m}_{n}"])
                 rows.append(row)
 
                 def f(key, spec=".2f", row=row):
                     return format(row[key], spec) if key in row else "-"
-                print(fmt.format(name, n, m, f("median_ms"), f("min_ms"), f("first_call_s"),
+                print(fmt.format(name, n, cfg, m, f("median_ms"), f("min_ms"), f("first_call_s"),
                                  f("ratio_to_gradient"), f("zennit_median_ms"),
                                  f("zennit_min_ms"), f("zennit_over_lrpjax", ".1f"),
                                  f("zennit_over_lrpjax_min", ".1f"), f("rel_err_vs_zennit", ".0e")))
@@ -266,11 +286,11 @@ def main() -> None:
             limit = TARGETS.get(r["method"])
             ok = "" if limit is None else f" (target <= {limit}x): " + (
                 "ok" if r["ratio_to_gradient"] <= limit else "MISSED")
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['xla']:<7} {r['method']:<16} "
                   f"{r['ratio_to_gradient']:.2f}x gradient{ok}")
         if r["method"] in COMPOSITES and "zennit_over_lrpjax" in r:
             ok = "ok" if r["zennit_over_lrpjax"] >= ZENNIT_TARGET else "MISSED"
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['xla']:<7} {r['method']:<16} "
                   f"{r['zennit_over_lrpjax']:.1f}x faster than Zennit "
                   f"(target >= {ZENNIT_TARGET}x): {ok}")
     header["loadavg_at_end"] = os.getloadavg()

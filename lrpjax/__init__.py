@@ -8,6 +8,7 @@ from . import attribution, canonizers, composites, layers, models, rules
 from .attribution import integrated_gradients, smoothgrad
 from .composites import Composite
 from .explain import describe, gradient, gradient_x_input, relevance, sensitivity
+from .xla import cpu_compiler_options
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "attribution",
     "canonizers",
     "composites",
+    "cpu_compiler_options",
     "describe",
     "gradient",
     "gradient_x_input",
