@@ -49,16 +49,17 @@ class Rule(Protocol):
     ) -> tuple[Array, ...]: ...
 
 
-def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array) -> Array:
+def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: str = "") -> Array:
     """Run ``fwd(params, *inputs)``; in reverse mode, map output relevance to input relevance.
 
     Forward: z = fwd(params, *inputs). Backward: (R_in_1, ..., R_in_n) = rule(fwd, params,
-    inputs, z, R_out), and zero cotangents for ``params``.
+    inputs, z, R_out), and zero cotangents for ``params``. ``name`` (the layer path) labels the
+    call for :func:`lrpjax.describe`.
     """
 
     marking = _MARKING.get()
     if marking is not None:  # the sign-analysis trace: a named call the analysis can find
-        marking.append((tuple((x.shape, x.dtype) for x in inputs), rule))
+        marking.append((tuple((x.shape, x.dtype) for x in inputs), rule, name))
 
         def marked(p: Params, *xs: Array) -> Array:
             return fwd(p, *xs)
@@ -125,6 +126,7 @@ class SignState:
     flags: list[tuple[bool, ...]]
     shapes: list[tuple]
     gated: list[bool] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the layer path of each call
     count: int = field(default=0)
     diverged: bool = field(default=False)
 

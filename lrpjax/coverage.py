@@ -7,7 +7,7 @@ layer, the rule used or "plain gradient" and why, so no layer silently falls bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flax import linen as nn
@@ -52,6 +52,7 @@ class LayerRow:
     kind: str
     rule: Any
     source: str  # "composite" | "default" | "unsupported"
+    proven: str = ""  # facts lrpjax.signs proved that the rule uses (cheaper, exact forms)
 
     @property
     def rule_name(self) -> str:
@@ -86,9 +87,24 @@ class Coverage:
                 return r.rule
         raise KeyError(f"no layer with path {path!r}; layers: {[r.path for r in self.rows]}")
 
+    def with_facts(self, facts: dict[str, tuple[bool, bool]]) -> Coverage:
+        """The report with the sign-analysis facts (``lrpjax.signs.layer_facts``) that each
+        row's rule uses: "input >= 0" (z+, alpha-beta and gamma skip the a- products) and
+        "gated" (no relevance reaches outputs z < 0: gamma needs one transpose)."""
+        rows = []
+        for r in self.rows:
+            nonneg, gated = facts.get(r.path, (False, False))
+            used = [fact for fact, holds, flag in (("input >= 0", nonneg, "uses_input_signs"),
+                                                   ("gated", gated, "uses_output_gate"))
+                    if holds and getattr(r.rule, flag, False)]
+            rows.append(replace(r, proven=", ".join(used)))
+        return replace(self, rows=tuple(rows))
+
     def __str__(self) -> str:
-        head = ("layer", "type", "rule", "note")
-        body = [(r.path or "(root)", r.type_name, r.rule_name, r.note) for r in self.rows]
+        proven = any(r.proven for r in self.rows)
+        head = ("layer", "type", "rule", *(("proven",) if proven else ()), "note")
+        body = [(r.path or "(root)", r.type_name, r.rule_name, *((r.proven,) if proven else ()),
+                 r.note) for r in self.rows]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
         lines = [f"composite: {self.composite}"] if self.composite else []
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -246,8 +246,9 @@ def describe(
     strict: bool = False,
 ) -> Coverage:
     """The coverage report: per layer path, layer type and the rule it gets (or "plain gradient"
-    and why). ``print(describe(...))`` shows a table."""
+    and why), and the facts :mod:`lrpjax.signs` proved that let the rule use a cheaper exact
+    form ("input >= 0", "gated"). ``print(describe(...))`` shows a table."""
     x = _check_input(x)
-    _, coverage = _lrp_fn(model, variables if variables is not None else params, composite, x,
-                          strict)
-    return coverage
+    fn, coverage = _lrp_fn(model, variables if variables is not None else params, composite, x,
+                           strict)
+    return coverage.with_facts(signs.layer_facts(fn, x))

@@ -219,9 +219,9 @@ class _Gates:
 
 
 def output_gates(jaxpr: Any, log: Sequence[tuple]) -> list[bool]:
-    """Per marked call k (``log[k] = (input shapes, rule)``): is the relevance reaching its
+    """Per marked call k (``log[k] = (input shapes, rule, name)``): is the relevance reaching its
     output provably zero wherever that output is < 0?"""
     gates: dict[int, bool] = {}
-    analysis = _Gates([rule for _, rule in log], [len(shapes) for shapes, _ in log])
+    analysis = _Gates([entry[1] for entry in log], [len(entry[0]) for entry in log])
     analysis.walk(jaxpr, lambda i, kind: False, gates)  # the model's outputs: not proven
     return [gates.get(k, False) for k in range(len(log))]

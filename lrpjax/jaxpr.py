@@ -163,11 +163,11 @@ def _interpret(jaxpr: Any, consts: list, args: list, arg_deps: list, ctx: _Conte
         elif name in LINEAR and sum(dmask) == 1:
             outs, outvars = _linear(eqn, i, eqns, vals, dmask, env, deps, uses, skip, ctx)
         elif name in NORM or (name in ("add", "sub") and all(dmask)):
-            _, rule = _layer(ctx, NORM.get(name, "add"), name)
-            outs = [_wrap(eqn, vals, dmask, rule)] if rule is not None else _bind(eqn, vals)
+            path, rule = _layer(ctx, NORM.get(name, "add"), name)
+            outs = [_wrap(eqn, vals, dmask, rule, path)] if rule is not None else _bind(eqn, vals)
         elif name in ELEMENTWISE and sum(dmask) == 1 and _same_shape(eqn, dmask):
-            _, rule = _layer(ctx, "activation", name)
-            outs = [_wrap(eqn, vals, dmask, rule)] if rule is not None else _bind(eqn, vals)
+            path, rule = _layer(ctx, "activation", name)
+            outs = [_wrap(eqn, vals, dmask, rule, path)] if rule is not None else _bind(eqn, vals)
         elif name in MOVEMENT:
             outs = _bind(eqn, vals)
         else:
@@ -184,7 +184,7 @@ def _same_shape(eqn: Any, dmask: list) -> bool:
     return tuple(dep_var.aval.shape) == tuple(eqn.outvars[0].aval.shape)
 
 
-def _wrap(eqn: Any, vals: list, dmask: list, rule: Any) -> Any:
+def _wrap(eqn: Any, vals: list, dmask: list, rule: Any, path: str) -> Any:
     """The equation as a layer: x-dependent operands are inputs, the others parameters, except
     concrete scalars (literals such as ReLU's 0): those stay in the layer, where the sign
     analysis (:mod:`lrpjax.signs`) can read them."""
@@ -198,7 +198,7 @@ def _wrap(eqn: Any, vals: list, dmask: list, rule: Any) -> Any:
         return _bind(eqn, [next(it_a) if d else next(it_p) if t else v
                            for v, d, t in zip(vals, dmask, traced, strict=True)])[0]
 
-    return apply_rule(fwd, rule, const, *xs)
+    return apply_rule(fwd, rule, const, *xs, name=path)
 
 
 def _linear(eqn, i, eqns, vals, dmask, env, deps, uses, skip, ctx):
@@ -219,7 +219,7 @@ def _linear(eqn, i, eqns, vals, dmask, env, deps, uses, skip, ctx):
     params: dict = {"kernel": weight}
     if bias_eqn is not None:
         params["bias"] = _read(env, bias_eqn[1])
-    _, rule = _layer(ctx, LINEAR[eqn.primitive.name], eqn.primitive.name)
+    path, rule = _layer(ctx, LINEAR[eqn.primitive.name], eqn.primitive.name)
 
     def fwd(p: dict, a: Any) -> Any:
         operands = [a, p["kernel"]] if act == 0 else [p["kernel"], a]
@@ -229,7 +229,7 @@ def _linear(eqn, i, eqns, vals, dmask, env, deps, uses, skip, ctx):
     if rule is None or isinstance(rule, Gradient):
         z = fwd(params, vals[act])
     else:
-        z = apply_rule(fwd, rule, params, vals[act])
+        z = apply_rule(fwd, rule, params, vals[act], name=path)
     if bias_eqn is not None:
         skip.add(bias_eqn[0])
         return [z], [eqns[bias_eqn[0]].outvars[0]]

@@ -98,7 +98,7 @@ def lrp_function(
             finally:
                 _REENTRY.reset(token)
 
-        return apply_rule(fwd, row.rule, module.variables, *args)
+        return apply_rule(fwd, row.rule, module.variables, *args, name=row.path)
 
     def f(a: Any) -> Any:
         with nn.intercept_methods(interceptor):

@@ -60,7 +60,7 @@ class _LRPLayer(nnx.Module):
         def fwd(params: Any, *xs: Any) -> Any:
             return nnx.merge(graphdef, params)(*xs, **kwargs)
 
-        return apply_rule(fwd, self.rule, state, *args)
+        return apply_rule(fwd, self.rule, state, *args, name=self.path)
 
 
 def leaf_paths(model: nnx.Module) -> dict[str, nnx.Module]:

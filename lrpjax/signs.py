@@ -40,7 +40,7 @@ from .gates import (
     output_gates,
 )
 
-__all__ = ["disabled", "known_signs", "nonneg_layer_inputs", "vjp"]
+__all__ = ["disabled", "known_signs", "layer_facts", "nonneg_layer_inputs", "vjp"]
 
 _ALWAYS = {"abs", "exp", "exp2", "logistic", "sqrt", "rsqrt", "square", "iota"}
 _ALL = {  # non-negative when every operand is
@@ -200,7 +200,21 @@ def nonneg_layer_inputs(fn: Callable[[Any], Any], x: Any) -> core.SignState | No
         flags.append(tuple(signs[-n:]) if len(signs) >= n else (False,) * n)
     unseen = unseen_fwd | unseen_bwd
     gated = [g and k not in unseen for k, g in enumerate(gated)]
-    return core.SignState(flags=flags, shapes=shapes, gated=gated)
+    return core.SignState(flags=flags, shapes=shapes, gated=gated,
+                          names=[entry[2] for entry in log])
+
+
+def layer_facts(fn: Callable[[Any], Any], x: Any) -> dict[str, tuple[bool, bool]]:
+    """Per layer path: (every input proven >= 0, output gate proven), AND-ed over the layer's
+    calls; empty when the analysis is off or cannot trace ``fn``."""
+    state = nonneg_layer_inputs(fn, x) if _ENABLED[0] else None
+    facts: dict[str, tuple[bool, bool]] = {}
+    if state is None:
+        return facts
+    for name, flags, gated in zip(state.names, state.flags, state.gated, strict=True):
+        nonneg0, gated0 = facts.get(name, (True, True))
+        facts[name] = (nonneg0 and all(flags), gated0 and gated)
+    return facts
 
 
 @contextlib.contextmanager
