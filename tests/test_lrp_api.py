@@ -134,6 +134,35 @@ def test_jit_equals_eager_and_vmap_equals_loop():
     np.testing.assert_allclose(loop.reshape(x.shape), eager, rtol=1e-5, atol=1e-7)
 
 
+class PerExample(nnx.Module):
+    """Conv-conv-dense written for one unbatched image (H, W, C), batched with jax.vmap."""
+
+    def __init__(self, vmapped: bool):
+        rngs = nnx.Rngs(0)
+        self.conv1 = nnx.Conv(3, 4, (3, 3), padding="SAME", rngs=rngs)
+        self.conv2 = nnx.Conv(4, 4, (3, 3), padding="SAME", rngs=rngs)
+        self.dense = nnx.Linear(4 * 6 * 6, 5, rngs=rngs)
+        self.vmapped = vmapped
+
+    def __call__(self, x):
+        def net(a):
+            a = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(a))))
+            return self.dense(a.reshape(*a.shape[:-3], -1))
+        return jax.vmap(net)(x) if self.vmapped else net(x)
+
+
+def test_layers_that_see_unbatched_inputs_under_vmap():
+    """Inside the vmap every layer sees (H, W, C): its leading axis is not a batch axis, which
+    the input-independent terms (z^B, Flat, w^2) must not assume."""
+    x = jax.random.uniform(jax.random.key(1), (4, 6, 6, 3))
+    for comp in (C.EpsilonGammaBox(0.0, 1.0), C.EpsilonPlusFlat(),
+                 C.Composite(C.first(R.WSquare()), C.by_type({"conv": R.Epsilon(),
+                                                               "dense": R.Epsilon()}))):
+        vm = lrpjax.relevance(PerExample(True), x, composite=comp, target=0)
+        batched = lrpjax.relevance(PerExample(False), x, composite=comp, target=0)
+        np.testing.assert_allclose(vm, batched, rtol=0, atol=1e-5 * float(jnp.abs(batched).max()))
+
+
 def test_linen_under_jit_is_never_the_plain_gradient():
     rng = np.random.default_rng(2)
     net, shape = random_net(rng, "cnn", bias=True)

@@ -88,8 +88,8 @@ def test_zbox_scalar_bounds_equal_array_bounds(seed):
 
 
 def test_input_independent_terms_respect_layers_that_mix_the_batch():
-    """Flat's sum_i 1 and z^B's W+ l + W- h are computed for one example where the layer keeps
-    examples apart; a layer that sums over the batch must get them for the whole batch."""
+    """Flat's sum_i 1 and z^B's W+ l + W- h must be computed on the batch as the layer sees it,
+    never for one example and broadcast: a layer may sum over the batch."""
     rng = np.random.default_rng(7)
     W, b = jnp.asarray(rng.normal(size=(5, 4))), jnp.asarray(rng.normal(size=4))
     p = {"kernel": W, "bias": b}
