@@ -15,6 +15,7 @@ from flax import nnx
 
 from . import layers
 from .composites import Composite, LayerInfo
+from .core import _accepts
 
 __all__ = ["Coverage", "LayerRow", "UnsupportedLayerError", "assign_rules", "classify"]
 
@@ -89,14 +90,16 @@ class Coverage:
 
     def with_facts(self, facts: dict[str, tuple[bool, bool]]) -> Coverage:
         """The report with the sign-analysis facts (``lrpjax.signs.layer_facts``) that each
-        row's rule uses: "input >= 0" (z+, alpha-beta and gamma skip the a- products) and
-        "gated" (no relevance reaches outputs z < 0: gamma needs one transpose)."""
+        row's rule receives and uses: "input >= 0" (z+, alpha-beta and gamma skip the a-
+        products) and "gated" (no relevance reaches outputs z < 0; gamma's one-transpose form,
+        which also needs a >= 0 and the bias in z, so not with ``zero_bias``)."""
         rows = []
         for r in self.rows:
             nonneg, gated = facts.get(r.path, (False, False))
-            used = [fact for fact, holds, flag in (("input >= 0", nonneg, "uses_input_signs"),
-                                                   ("gated", gated, "uses_output_gate"))
-                    if holds and getattr(r.rule, flag, False)]
+            nonneg = nonneg and _accepts(r.rule, "uses_input_signs", "nonneg")
+            gated = (gated and nonneg and not getattr(r.rule, "zero_bias", False)
+                     and _accepts(r.rule, "uses_output_gate", "gated"))
+            used = [fact for fact, holds in (("input >= 0", nonneg), ("gated", gated)) if holds]
             rows.append(replace(r, proven=", ".join(used)))
         return replace(self, rows=tuple(rows))
 

@@ -249,6 +249,29 @@ def describe(
     and why), and the facts :mod:`lrpjax.signs` proved that let the rule use a cheaper exact
     form ("input >= 0", "gated"). ``print(describe(...))`` shows a table."""
     x = _check_input(x)
-    fn, coverage = _lrp_fn(model, variables if variables is not None else params, composite, x,
-                           strict)
-    return coverage.with_facts(signs.layer_facts(fn, x))
+    variables = variables if variables is not None else params
+    _, coverage = _lrp_fn(model, variables, composite, x, strict)
+    return coverage.with_facts(_traced_facts(model, variables, composite, x, strict))
+
+
+def _traced_facts(model: Any, variables: Any, composite: Composite, x: Array,
+                  strict: bool) -> dict[str, tuple[bool, bool]]:
+    """``signs.layer_facts`` as :func:`relevance` sees them: parameters and x traced (a jit
+    argument proves nothing by its value), for the facts describe() reports."""
+    if isinstance(model, nnx.Module):
+        graphdef, params = nnx.split(model)
+    else:
+        params = variables
+    facts: dict[str, tuple[bool, bool]] = {}
+
+    def probe(p: Any, a: Array) -> Array:
+        m = nnx.merge(graphdef, p) if isinstance(model, nnx.Module) else model
+        fn, _ = _lrp_fn(m, None if isinstance(model, nnx.Module) else p, composite, a, strict)
+        facts.update(signs.layer_facts(fn, a))
+        return jnp.zeros(())
+
+    try:
+        jax.eval_shape(probe, params, x)
+    except Exception:  # noqa: BLE001 - the facts are extra information: report none
+        return {}
+    return facts
