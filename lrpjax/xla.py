@@ -43,8 +43,9 @@ def cpu_compiler_options() -> dict[str, str]:
     """``compiler_options`` for ``jax.jit`` that use Eigen instead of YNNPACK on XLA:CPU.
 
     Returns ``{}`` (no change) when JAX's default backend is not the CPU, when the
-    ``XLA_FLAGS`` environment variable already sets YNNPACK fusions (yours wins), or when this
-    jaxlib does not know the option.
+    ``XLA_FLAGS`` environment variable names the YNNPACK option (yours wins; XLA reads it once,
+    when the backend starts, and a ``--flagfile`` is not looked into), or when this jaxlib does
+    not know the option.
     """
     if jax.default_backend() != "cpu" or _YNN_FUSIONS in os.environ.get("XLA_FLAGS", ""):
         return {}
