@@ -49,15 +49,12 @@ class Rule(Protocol):
     ) -> tuple[Array, ...]: ...
 
 
-def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: str = "",
-               per_example: bool = False) -> Array:
+def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: str = "") -> Array:
     """Run ``fwd(params, *inputs)``; in reverse mode, map output relevance to input relevance.
 
     Forward: z = fwd(params, *inputs). Backward: (R_in_1, ..., R_in_n) = rule(fwd, params,
     inputs, z, R_out), and zero cotangents for ``params``. ``name`` (the layer path) labels the
-    call for :func:`lrpjax.describe`. ``per_example``: the caller knows that ``fwd`` maps every
-    index of the inputs' leading axis independently (a batch axis), so terms that do not
-    depend on the input may be computed for one example (rules with ``uses_per_example``).
+    call for :func:`lrpjax.describe`.
     """
 
     marking = _MARKING.get()
@@ -75,8 +72,6 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
         known["nonneg"] = nonneg
     if gated and _accepts(rule, "uses_output_gate", "gated"):
         known["gated"] = True
-    if per_example and _accepts(rule, "uses_per_example", "per_example"):
-        known["per_example"] = True
 
     @jax.custom_vjp
     def layer(p: Params, *xs: Array) -> Array:

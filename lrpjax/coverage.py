@@ -17,8 +17,7 @@ from . import layers
 from .composites import Composite, LayerInfo
 from .core import _accepts
 
-__all__ = ["Coverage", "LayerRow", "UnsupportedLayerError", "acts_per_example", "assign_rules",
-           "classify"]
+__all__ = ["Coverage", "LayerRow", "UnsupportedLayerError", "assign_rules", "classify"]
 
 _KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
     ((nnx.Linear, nnx.LinearGeneral, nn.Dense, nn.DenseGeneral), "dense"),
@@ -43,21 +42,6 @@ def classify(module: Any) -> str:
         if isinstance(module, types):
             return kind
     return "unsupported"
-
-
-def acts_per_example(module: Any, inputs: tuple) -> bool:
-    """Does ``module`` map every index of its input's leading axis independently (a batch
-    axis)? True for Flax's own Linear/Dense (any leading axes) and Conv on a batched input
-    (more than kernel-rank + 1 dimensions; an unbatched (H, W, C) image, e.g. under jax.vmap,
-    leads with a spatial axis). Exact types only: a subclass may change ``__call__``."""
-    if len(inputs) != 1 or getattr(inputs[0], "ndim", 0) < 2:
-        return False
-    if type(module) in (nnx.Linear, nn.Dense):
-        return True
-    if type(module) in (nnx.Conv, nn.Conv):
-        k = module.kernel_size
-        return inputs[0].ndim >= (1 if isinstance(k, int) else len(k)) + 2
-    return False
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from flax import linen as nn
 
 from .composites import Composite
 from .core import apply_rule
-from .coverage import Coverage, LayerRow, acts_per_example, assign_rules, classify
+from .coverage import Coverage, LayerRow, assign_rules, classify
 from .rules import Gradient
 
 __all__ = ["call_order", "lrp_function"]
@@ -98,8 +98,7 @@ def lrp_function(
             finally:
                 _REENTRY.reset(token)
 
-        return apply_rule(fwd, row.rule, module.variables, *args, name=row.path,
-                          per_example=acts_per_example(module, args))
+        return apply_rule(fwd, row.rule, module.variables, *args, name=row.path)
 
     def f(a: Any) -> Any:
         with nn.intercept_methods(interceptor):

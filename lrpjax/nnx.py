@@ -17,7 +17,7 @@ from flax import nnx
 
 from .composites import Composite
 from .core import apply_rule
-from .coverage import Coverage, LayerRow, acts_per_example, assign_rules, classify
+from .coverage import Coverage, LayerRow, assign_rules, classify
 from .rules import Gradient
 
 __all__ = ["call_order", "leaf_paths", "lrp_function", "lrp_view"]
@@ -60,8 +60,7 @@ class _LRPLayer(nnx.Module):
         def fwd(params: Any, *xs: Any) -> Any:
             return nnx.merge(graphdef, params)(*xs, **kwargs)
 
-        return apply_rule(fwd, self.rule, state, *args, name=self.path,
-                          per_example=acts_per_example(self.inner, args))
+        return apply_rule(fwd, self.rule, state, *args, name=self.path)
 
 
 def leaf_paths(model: nnx.Module) -> dict[str, nnx.Module]:

@@ -17,8 +17,6 @@ transpose where the analysis also proves that no relevance reaches the layer's n
 Class attributes the analysis reads: ``scales_by_input`` (R_in = a * (finite), so a zero input
 gets zero relevance), ``passes_relevance`` (R_in = R_out), ``uses_input_signs`` /
 ``uses_output_gate`` (the rule accepts ``nonneg=`` / ``gated=``, see :mod:`lrpjax.core`).
-``uses_per_example``: the rule accepts ``per_example=`` (the front-end knows the layer's leading
-axis is a batch axis) and then computes its input-independent terms for one example.
 """
 
 from __future__ import annotations
@@ -84,16 +82,6 @@ def _bias_out(fwd: LayerFn, params: Any, a: Array, z: Array) -> Array:
         except ValueError:
             pass
     return fwd(params, jnp.zeros_like(a))
-
-
-def _on_ones(fwd: LayerFn, params: Any, a: Array, per_example: bool) -> Array:
-    """fwd(params, 1) for an all-ones input shaped like ``a``. Every example of it is the same:
-    where the layer is known to treat its leading axis as a batch (``per_example``) it runs on
-    one example, broadcast over the batch -- N times fewer FLOPs."""
-    if per_example and a.ndim >= 2 and a.shape[0] > 1:
-        one = fwd(params, jnp.ones((1, *a.shape[1:]), a.dtype))
-        return jnp.broadcast_to(one, (a.shape[0], *one.shape[1:]))
-    return fwd(params, jnp.ones_like(a))
 
 
 def _pos_neg(params: Any, zero_bias: bool = True) -> tuple[Any, Any]:
@@ -276,7 +264,6 @@ class ZBox:
     high: float | Array | np.ndarray = 1.0
     epsilon: float = 1e-6
     zero_bias: bool = False
-    uses_per_example: ClassVar[bool] = True
 
     def _key(self) -> tuple:
         scalar = all(isinstance(b, (int, float)) for b in (self.low, self.high))
@@ -289,8 +276,7 @@ class ZBox:
     def __hash__(self) -> int:
         return hash((ZBox, self._key(), self.epsilon, self.zero_bias))
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
-                 per_example: bool = False) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         try:
             low = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
@@ -310,8 +296,7 @@ class ZBox:
             lo, hi = self.low, self.high
             Q = map_params(p, weight=lambda w: lo * jnp.maximum(w, 0) + hi * jnp.minimum(w, 0),
                            bias=jnp.zeros_like)
-            q = _on_ones(fwd, Q, a, per_example)
-            _, Q_T = vjp_input(fwd, Q, jnp.ones_like(a))  # its forward output is unused (dropped)
+            q, Q_T = vjp_input(fwd, Q, jnp.ones_like(a))
             s = _divide(R, stabilize(z - _bias_out(fwd, p, a, z) - q, self.epsilon))
             return (a * W_T(s) - Q_T(s),)
         pos, neg = _pos_neg(p, zero_bias=False)
@@ -322,10 +307,10 @@ class ZBox:
 
 
 def _uniform_input_rule(weight_fn, bias_fn, fwd: LayerFn, params: Any, a: Array, R: Array,
-                        eps: float, per_example: bool) -> Array:
+                        eps: float) -> Array:
     p = map_params(params, weight=weight_fn, bias=bias_fn)
-    _, W_T = vjp_input(fwd, p, jnp.ones_like(a))  # its forward output is unused (dropped)
-    z = _on_ones(fwd, p, a, per_example)
+    ones = jnp.ones_like(a)
+    z, W_T = vjp_input(fwd, p, ones)
     return W_T(_divide(R, stabilize(z, eps)))
 
 
@@ -338,14 +323,11 @@ class WSquare:
 
     epsilon: float = 1e-6
     zero_bias: bool = False
-    uses_per_example: ClassVar[bool] = True
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
-                 per_example: bool = False) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         bias = jnp.zeros_like if self.zero_bias else jnp.square
-        return (_uniform_input_rule(jnp.square, bias, fwd, params, a, R, self.epsilon,
-                                    per_example),)
+        return (_uniform_input_rule(jnp.square, bias, fwd, params, a, R, self.epsilon),)
 
 
 @dataclass(frozen=True)
@@ -353,13 +335,11 @@ class Flat:
     """Flat rule: R_i = sum_j 1 / (#inputs in the receptive field of j) R_j (weights -> 1)."""
 
     epsilon: float = 1e-6
-    uses_per_example: ClassVar[bool] = True
 
-    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
-                 per_example: bool = False) -> Inputs:
+    def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         return (_uniform_input_rule(jnp.ones_like, jnp.zeros_like, fwd, params, a, R,
-                                    self.epsilon, per_example),)
+                                    self.epsilon),)
 
 
 @dataclass(frozen=True)

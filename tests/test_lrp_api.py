@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,46 +161,6 @@ def test_layers_that_see_unbatched_inputs_under_vmap():
         vm = lrpjax.relevance(PerExample(True), x, composite=comp, target=0)
         batched = lrpjax.relevance(PerExample(False), x, composite=comp, target=0)
         np.testing.assert_allclose(vm, batched, rtol=0, atol=1e-5 * float(jnp.abs(batched).max()))
-
-
-PER_EXAMPLE: list = []
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordingZBox(R.ZBox):
-    """ZBox that records whether the front-end vouched for a batch axis (per_example)."""
-
-    def __call__(self, fwd, params, inputs, z, Rr, *, per_example=False):
-        PER_EXAMPLE.append(per_example)
-        return super().__call__(fwd, params, inputs, z, Rr, per_example=per_example)
-
-
-class MyConv(nnx.Conv):
-    """A subclass may change __call__: no per-example shortcut for it."""
-
-
-def test_front_ends_vouch_for_a_batch_axis_only_where_they_know_it():
-    net, _ = random_net(np.random.default_rng(0), "cnn")
-    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
-    comp = C.Composite(C.first(RecordingZBox(0.0, 1.0)),
-                       C.by_type({"conv": R.Epsilon(), "dense": R.Epsilon()}))
-    graphdef, state = nnx.split(SpecNet(net))
-    linen, variables = linen_model(net)
-    mine = SpecNet(net)
-    mine.layers[0] = MyConv(1, 4, (3, 3), padding="SAME", rngs=nnx.Rngs(0))
-    cases = {  # model call -> per_example handed to the first layer's rule
-        "nnx": (lambda: lrpjax.relevance(SpecNet(net), x, composite=comp), True),
-        "linen": (lambda: lrpjax.relevance(linen, x, composite=comp, variables=variables), True),
-        "jaxpr": (lambda: lrpjax.relevance(lambda p, a: nnx.merge(graphdef, p)(a), x,
-                                           params=state, composite=comp), False),
-        "subclass": (lambda: lrpjax.relevance(mine, x, composite=comp), False),
-        "vmapped": (lambda: lrpjax.relevance(PerExample(True), jnp.ones((2, 6, 6, 3)),
-                                             composite=comp), False),
-    }
-    for name, (call, expected) in cases.items():
-        PER_EXAMPLE.clear()
-        call()
-        assert PER_EXAMPLE == [expected], name
 
 
 def test_linen_under_jit_is_never_the_plain_gradient():
