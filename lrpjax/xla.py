@@ -10,8 +10,8 @@ from the convolution. With YNNPACK fusions switched off XLA uses Eigen for every
     f = jax.jit(explain, compiler_options=lrpjax.cpu_compiler_options())
 
 Measured (2-core CPU, jax 0.10.2, ``benchmarks/lrp_speed.py``): the MNIST CNN's
-EpsilonGammaBox heatmaps 14-15 ms -> 10-12 ms at batch 16 and the gradient 8-9 -> 7-8 ms,
-VGG-16 unchanged. Not always faster: Eigen is slower for convolutions with 1-3 channels on
+EpsilonGammaBox heatmaps 14-15 ms -> 10-11 ms at batch 16 and the gradient 7.7-8.3 ->
+6.6-7.0 ms, VGG-16 within 5 %. Not always faster: Eigen is slower for convolutions with 1-3 channels on
 one side (the input layer's forward, the transpose to an RGB input: 5 -> 17 ms on VGG-16's
 first layer alone), so measure on your model. The heatmaps agree to float32 rounding (tested).
 """
