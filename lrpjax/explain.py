@@ -260,13 +260,18 @@ def _traced_facts(model: Any, variables: Any, composite: Composite, x: Array,
     argument proves nothing by its value), for the facts describe() reports."""
     if isinstance(model, nnx.Module):
         graphdef, params = nnx.split(model)
+
+        def build(p: Any) -> tuple[Any, Any]:
+            return nnx.merge(graphdef, p), None
     else:
         params = variables
+
+        def build(p: Any) -> tuple[Any, Any]:
+            return model, p
     facts: dict[str, tuple[bool, bool]] = {}
 
     def probe(p: Any, a: Array) -> Array:
-        m = nnx.merge(graphdef, p) if isinstance(model, nnx.Module) else model
-        fn, _ = _lrp_fn(m, None if isinstance(model, nnx.Module) else p, composite, a, strict)
+        fn, _ = _lrp_fn(*build(p), composite, a, strict)
         facts.update(signs.layer_facts(fn, a))
         return jnp.zeros(())
 
