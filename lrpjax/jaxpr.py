@@ -107,7 +107,8 @@ def _unsupported(ctx: _Context, what: str, prim: str) -> None:
            "used. Pass on_unsupported='warn' to accept that.")
     if ctx.on_unsupported == "raise":
         raise UnsupportedPrimitiveError(msg)
-    warnings.warn(msg, stacklevel=3)
+    if ctx.on_unsupported == "warn":
+        warnings.warn(msg, stacklevel=3)
 
 
 def _layer(ctx: _Context, kind: str, prim: str) -> tuple[str, Any]:
@@ -241,8 +242,9 @@ def lrp_function(
     on_unsupported: str = "raise",
 ) -> tuple[Callable[[Any], Any], Coverage]:
     """``(f, coverage)`` with ``f(x) = fn(params, x)`` (or ``fn(x)`` when params is None) whose
-    VJP propagates relevance. ``on_unsupported``: "raise" or "warn" for primitives without a rule."""
-    if on_unsupported not in ("raise", "warn"):
+    VJP propagates relevance. ``on_unsupported``: "raise" or "warn" for primitives without a rule
+    ("ignore": silently, for :func:`lrpjax.describe`, whose coverage reports them)."""
+    if on_unsupported not in ("raise", "warn", "ignore"):
         raise ValueError(f"on_unsupported must be 'raise' or 'warn', got {on_unsupported!r}")
     if params is None:
         closed = jax.make_jaxpr(fn)(x)

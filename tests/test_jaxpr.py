@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,7 +100,12 @@ def test_control_flow_raises_or_warns():
     with pytest.warns(UserWarning, match="scan"):
         Rx = lrpjax.relevance(fn, x, composite=C.EpsilonPlus(), target=0, on_unsupported="warn")
     assert np.all(np.isfinite(Rx))
-    cov = lrpjax.describe(fn, C.EpsilonPlus(), x)
+    with pytest.raises(ValueError, match="on_unsupported"):  # no silent fallback
+        lrpjax.relevance(fn, x, composite=C.EpsilonPlus(), target=0, on_unsupported="ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cov = lrpjax.describe(fn, C.EpsilonPlus(), x)
+    assert not caught, [str(w.message) for w in caught]  # the report shows it; no warning on top
     assert [r.kind for r in cov.fallbacks] == ["unsupported"]
 
 
