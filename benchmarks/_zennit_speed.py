@@ -9,7 +9,8 @@ size n, the input ``x_<n>`` (NHWC or (n, features)) and the explained class ``t_
 OUT_PREFIX.json (median ms and first-call s per batch and method) and OUT_PREFIX.npz (the
 heatmaps, back in NHWC, so the caller can check that both libraries explained the same net).
 With ``--device cuda`` the net and inputs live on the GPU and every timed call ends with
-``torch.cuda.synchronize()`` (the counterpart of JAX's ``block_until_ready``).
+``torch.cuda.synchronize()`` (the counterpart of JAX's ``block_until_ready``). torch's
+precision defaults are kept: TF32 convolutions (``cudnn.allow_tf32``), float32 matrix products.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
                                              [--zennit-python PATH | --no-zennit]
                                              [--zennit-device auto|cpu|cuda]
                                              [--xla auto|default|eigen|both]
+                                             [--precision auto|default|highest|both]
 
 Every method is one ``jax.jit`` of a pure function of (parameters, x, target) (the functional
 NNX form: the weights are arguments, not baked-in constants). Reported apart: the first call
@@ -20,11 +21,16 @@ with ``--full``); ``--quick`` skips VGG. VGG uses ``--vgg-reps`` (3) repetitions
 On CPU every method is also compiled with ``lrpjax.cpu_compiler_options()`` (rows "eigen":
 Eigen's multi-threaded convolutions instead of YNNPACK's, which ran unfused convolutions on one
 thread on 2 cores; see lrpjax/xla.py) and timed in the same round robin as the defaults.
+On a GPU every method is also run under ``jax.default_matmul_precision("highest")`` (rows
+"highest": true float32 products instead of the default TF32 on Ampere and later GPUs), and
+the last column of the "default" rows is then the TF32 heatmap's relative error
+||R_default - R_highest|| / ||R_highest||.
 
 Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed.py, in the torch
 venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing; on a GPU
-(``--zennit-device auto`` follows JAX's backend) on CUDA. benchmarks/device_check.sh runs this
-script and am_speed.py on a lent GPU in one go. Timings are
+(``--zennit-device auto`` follows JAX's backend) on CUDA, with torch's defaults (TF32
+convolutions, float32 matrix products). benchmarks/device_check.sh runs this script on a lent
+GPU. Timings are
 printed and written (``--json``), never asserted. Targets: LRP-eps <= 1.1x the gradient,
 EpsilonGammaBox <= 1.5x, lrpjax >= 3x faster than Zennit per heatmap.
 
@@ -113,6 +119,17 @@ def n_params(model: nnx.Module) -> int:
 
 
 # ---------------------------------------------------------------- lrpjax timing
+def in_precision(fn, precision: str | None):
+    """fn() under jax.default_matmul_precision(precision); jit caches each precision apart."""
+    if precision is None:
+        return fn
+
+    def call():
+        with jax.default_matmul_precision(precision):
+            return fn()
+    return call
+
+
 def methods(graphdef, options: dict | None = None) -> dict:
     """name -> jitted f(state, x, target); the model is rebuilt from its state inside."""
     def jit(f):
@@ -190,6 +207,10 @@ def main() -> None:
                     help="XLA:CPU convolutions: YNNPACK (default), Eigen "
                          "(lrpjax.cpu_compiler_options()) or both side by side; auto = both on "
                          "CPU, default elsewhere")
+    ap.add_argument("--precision", default="auto", choices=("auto", "default", "highest", "both"),
+                    help="float32 products: the backend's default (TF32 on recent GPUs), "
+                         "'highest' (true float32) or both side by side; auto = both on GPU, "
+                         "default elsewhere")
     args = ap.parse_args()
     reps = args.reps
     only = set(args.only.split(","))
@@ -205,34 +226,44 @@ def main() -> None:
     if args.xla == "auto":
         args.xla = "both" if xla_configs["eigen"] else "default"
     xla_configs = {k: v for k, v in xla_configs.items() if args.xla in (k, "both")}
+    if args.precision == "auto":
+        args.precision = "both" if jax.default_backend() == "gpu" else "default"
+    # config name -> (compiler options, matmul precision); "highest" uses XLA's default options
+    configs = {k: (v, None) for k, v in xla_configs.items()}
+    if args.precision in ("highest", "both"):
+        configs["highest"] = ({}, "highest")
+    if args.precision == "highest":
+        configs = {k: v for k, v in configs.items() if k != "default"}
     load = os.getloadavg()
     header = {"device": str(jax.devices()), "jax": jax.__version__, "cpu_count": os.cpu_count(),
               "loadavg_1_5_15": load, "reps": reps, "vgg_reps": args.vgg_reps,
-              "xla_compiler_options": xla_configs}
+              "configs": {k: {"compiler_options": o, "matmul_precision": p or "default"}
+                          for k, (o, p) in configs.items()}}
     print(f"device {header['device']}  jax {jax.__version__}  CPUs {os.cpu_count()}  "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"Zennit: {zennit or 'not available (skipped)'}")
-    print("XLA compiler options: " + "; ".join(f"{k} = {v}" for k, v in xla_configs.items())
-          + "\n")
+    print("configs: " + "; ".join(f"{k} = compiler options {o}, matmul precision {p or 'default'}"
+                                  for k, (o, p) in configs.items()) + "\n")
 
-    configs = []  # (name, spec, input shape, batches, repetitions)
+    nets = []  # (name, spec, input shape, batches, repetitions)
     if "mlp" in only:
-        configs.append(("MLP 784-300-100-10", mlp_spec(), (784,), [16], reps))
+        nets.append(("MLP 784-300-100-10", mlp_spec(), (784,), [16], reps))
     if "cnn" in only:
         for pool in ("avgpool", "maxpool"):
-            configs.append((f"CNN {pool}", cnn_spec(pool), (28, 28, 1), [16, 64], reps))
+            nets.append((f"CNN {pool}", cnn_spec(pool), (28, 28, 1), [16, 64], reps))
     if "vgg" in only:
-        configs.append(("VGG-16", vgg16_spec(), (224, 224, 3), [1, 8] if args.full else [1],
+        nets.append(("VGG-16", vgg16_spec(), (224, 224, 3), [1, 8] if args.full else [1],
                         args.vgg_reps))
 
-    cols = ("model", "batch", "xla", "method", "median ms", "min ms", "1st call s", "x grad",
-            "Zennit ms", "min ms", "Zennit/lrpjax", "(min)", "rel.err")
-    fmt = "{:<18} {:>5} {:<7} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
+    cols = ("model", "batch", "config", "method", "median ms", "min ms", "1st call s", "x grad",
+            "Zennit ms", "min ms", "Zennit/lrpjax", "(min)", "rel.err", "vs f32")
+    fmt = ("{:<18} {:>5} {:<7} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
+           " {:>7}")
     rows = []
-    for name, spec, in_shape, batches, n_reps in configs:
+    for name, spec, in_shape, batches, n_reps in nets:
         model = build(spec, in_shape)
         graphdef, state = nnx.split(model)
-        fns = {(cfg, m): f for cfg, opts in xla_configs.items()
+        fns = {(cfg, m): (f, prec) for cfg, (opts, prec) in configs.items()
                for m, f in methods(graphdef, opts).items()}
         print(f"{name}: {n_params(model) / 1e6:.2f}M parameters, {n_reps} repetitions")
         print(fmt.format(*cols))
@@ -241,7 +272,8 @@ def main() -> None:
             x = jax.random.uniform(jax.random.key(n), (n, *in_shape))
             t = jnp.argmax(model(x), axis=-1)  # explain the prediction (eager, not timed)
             inputs[n] = (x, t)
-            calls = {key: (lambda f=f, s=state, x=x, t=t: f(s, x, t)) for key, f in fns.items()}
+            calls = {key: in_precision(lambda f=f, s=state, x=x, t=t: f(s, x, t), prec)
+                     for key, (f, prec) in fns.items()}
             results[n] = time_round_robin(calls, n_reps)
         z = None
         if zennit is not None:
@@ -252,7 +284,7 @@ def main() -> None:
             med = {key: float(np.median(v)) for key, v in times.items()}
             for key in fns:
                 cfg, m = key
-                row = {"model": name, "batch": n, "xla": cfg, "method": m, "median_ms": med[key],
+                row = {"model": name, "batch": n, "config": cfg, "method": m, "median_ms": med[key],
                        "min_ms": min(times[key]), "first_call_s": first[key],
                        "ratio_to_gradient": med[key] / med[(cfg, "gradient")],
                        "times_ms": times[key]}
@@ -265,6 +297,8 @@ def main() -> None:
                             "zennit_times_ms": zr["times_ms"]}
                     if f"{m}_{n}" in z["heatmaps"]:
                         row["rel_err_vs_zennit"] = rel_err(outs[key], z["heatmaps"][f"{m}_{n}"])
+                if cfg == "default" and ("highest", m) in outs and m != "forward":
+                    row["rel_err_vs_highest"] = rel_err(outs[key], np.asarray(outs[("highest", m)]))
                 rows.append(row)
 
                 def f(key, spec=".2f", row=row):
@@ -272,7 +306,8 @@ def main() -> None:
                 print(fmt.format(name, n, cfg, m, f("median_ms"), f("min_ms"), f("first_call_s"),
                                  f("ratio_to_gradient"), f("zennit_median_ms"),
                                  f("zennit_min_ms"), f("zennit_over_lrpjax", ".1f"),
-                                 f("zennit_over_lrpjax_min", ".1f"), f("rel_err_vs_zennit", ".0e")))
+                                 f("zennit_over_lrpjax_min", ".1f"), f("rel_err_vs_zennit", ".0e"),
+                                 f("rel_err_vs_highest", ".0e")))
         if z:
             header["zennit"] = {k: z.get(k, "cpu") for k in ("torch", "zennit", "threads",
                                                                "device")}
@@ -286,13 +321,19 @@ def main() -> None:
             limit = TARGETS.get(r["method"])
             ok = "" if limit is None else f" (target <= {limit}x): " + (
                 "ok" if r["ratio_to_gradient"] <= limit else "MISSED")
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['xla']:<7} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<7} {r['method']:<16} "
                   f"{r['ratio_to_gradient']:.2f}x gradient{ok}")
         if r["method"] in COMPOSITES and "zennit_over_lrpjax" in r:
             ok = "ok" if r["zennit_over_lrpjax"] >= ZENNIT_TARGET else "MISSED"
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['xla']:<7} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<7} {r['method']:<16} "
                   f"{r['zennit_over_lrpjax']:.1f}x faster than Zennit "
                   f"(target >= {ZENNIT_TARGET}x): {ok}")
+    errs = [r for r in rows if "rel_err_vs_highest" in r]
+    if errs:
+        print("\nDefault (TF32) heatmaps against 'highest' (true float32), ||dR|| / ||R||:")
+        for r in errs:
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['method']:<16} "
+                  f"{r['rel_err_vs_highest']:.1e}")
     header["loadavg_at_end"] = os.getloadavg()
     print("\nload average at the end: {:.2f} {:.2f} {:.2f}".format(*header["loadavg_at_end"]))
     if args.json:

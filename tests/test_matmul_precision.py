@@ -1,0 +1,71 @@
+"""LRP follows ``jax.default_matmul_precision``, in every product its rules add.
+
+On Ampere and later GPUs JAX's default float32 products run in TF32; on an H100 that moved the
+small reference nets' heatmaps by 2e-4 to 8e-3 (max-abs relative) and random VGG-16 gradients
+by 17 % (``benchmarks/results/gpu_tests_h100.txt``). Users who want float32-exact heatmaps wrap
+the call in ``jax.default_matmul_precision("highest")``, so no rule may pin its own precision and
+the compiled ``relevance`` must not be reused across precisions. XLA:CPU computes float32
+whatever the setting, so these tests read the lowered program rather than the numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from lrp_nets import SpecNet, composite_for, random_net
+
+import lrpjax
+from lrpjax import explain
+
+# the CNN's 4 linear layers, twice: every rule that adds products of its own (z^B's bounds,
+# gamma's and alpha-beta's W+ / W-, z+, w^2's and flat's denominators) and epsilon's transpose
+SPECS = {"box-gamma-ab": [("zbox", 0.0, 1.0), ("gamma", 0.25), ("ab", 2.0, 1.0), ("eps", 0.1)],
+         "w2-flat-zplus": [("wsquare",), ("flat",), ("zplus",), ("eps", 0.0)]}
+
+
+def _products(hlo: str) -> list[str]:
+    """The precision of every dot_general and convolution in a StableHLO text ("" if none)."""
+    out = []
+    for line in hlo.splitlines():
+        if re.search(r"stablehlo\.(dot_general|convolution)\b", line):
+            m = re.search(r"precision(?:_config)? = \[([^\]]*)\]", line)
+            out.append(re.sub(r"#stablehlo<precision (\w+)>", r"\1", m.group(1)) if m else "")
+    return out
+
+
+def _setup(specs: str = "box-gamma-ab"):
+    rng = np.random.default_rng(0)
+    net, shape = random_net(rng, "cnn", bias=True)
+    model, comp = SpecNet(net), composite_for(SPECS[specs])
+    x = jnp.asarray(rng.uniform(0, 1, size=(3, *shape)), jnp.float32)
+    return model, comp, x
+
+
+@pytest.mark.parametrize("specs", SPECS)
+def test_every_rule_product_follows_the_default_precision(specs):
+    model, comp, x = _setup(specs)
+    f = jax.jit(lambda a: lrpjax.relevance(model, a, composite=comp, target=1))
+    n_gradient = len(_products(jax.jit(lambda a: lrpjax.gradient(model, a, target=1))
+                               .lower(x).as_text()))
+    for setting, level in (("tensorfloat32", "HIGH"), ("highest", "HIGHEST")):
+        with jax.default_matmul_precision(setting):
+            products = _products(f.lower(x).as_text())
+        # the forward products and transposes, and the rules' own (W+ a, bounds, denominators)
+        assert len(products) > n_gradient, products
+        assert all(p == f"{level}, {level}" for p in products), (setting, products)
+
+
+def test_eager_relevance_compiles_again_for_another_precision():
+    model, comp, x = _setup()
+    fn = explain._nnx_relevance
+    with jax.default_matmul_precision("highest"):
+        R = lrpjax.relevance(model, x, composite=comp, target=1)
+    n = fn._cache_size()
+    with jax.default_matmul_precision("tensorfloat32"):
+        R_tf32 = lrpjax.relevance(model, x, composite=comp, target=1)
+    assert fn._cache_size() == n + 1  # a new executable, not the float32 one
+    np.testing.assert_array_equal(R, R_tf32)  # XLA:CPU: float32 either way
