@@ -68,4 +68,7 @@ def test_eager_relevance_compiles_again_for_another_precision():
     with jax.default_matmul_precision("tensorfloat32"):
         R_tf32 = lrpjax.relevance(model, x, composite=comp, target=1)
     assert fn._cache_size() == n + 1  # a new executable, not the float32 one
-    np.testing.assert_array_equal(R, R_tf32)  # XLA:CPU: float32 either way
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(R, R_tf32)  # XLA:CPU: float32 either way
+    else:  # TF32 where the chip has it (an H100: ~4e-4 relative), float32 on older GPUs
+        assert np.abs(R - R_tf32).max() <= 1e-2 * np.abs(R).max()
