@@ -23,12 +23,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
 wheel=$(ls .device-wheels/mlxtend-*.whl 2>/dev/null | head -1)
 if [[ -n "$wheel" ]] && ! "$PY" -c "import mlxtend" 2>/dev/null; then
   site=$(mktemp -d)
-  "$PY" -m pip install -q --no-deps --target "$site" "$wheel" && export PYTHONPATH="$PYTHONPATH:$site"
+  timeout 60 "$PY" -m pip install -q --no-deps --target "$site" "$wheel" && export PYTHONPATH="$PYTHONPATH:$site"
 fi
 "$PY" -c "import jax, flax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)" \
   | tee "$OUT/pytest_gpu_all.txt"
 # shellcheck disable=SC2086  # TESTS is a list of paths
 timeout "$BOX" "$PY" -m pytest -p no:cacheprovider -n "$WORKERS" -v --tb=short --durations=15 \
   $TESTS >> "$OUT/pytest_gpu_all.txt" 2>&1
-echo "exit $?" >> "$OUT/pytest_gpu_all.txt"
+rc=$?
+printf "\nexit %s\n" "$rc" >> "$OUT/pytest_gpu_all.txt"
 grep -E "FAILED|ERROR|passed|failed|^exit" "$OUT/pytest_gpu_all.txt" | tail -n 40
+exit "$rc"

@@ -22,9 +22,10 @@ On CPU every method is also compiled with ``lrpjax.cpu_compiler_options()`` (row
 Eigen's multi-threaded convolutions instead of YNNPACK's, which ran unfused convolutions on one
 thread on 2 cores; see lrpjax/xla.py) and timed in the same round robin as the defaults.
 On a GPU every method is also run under ``jax.default_matmul_precision("highest")`` (rows
-"highest": true float32 products instead of the default TF32 on Ampere and later GPUs), and
-the last column of the "default" rows is then the TF32 heatmap's relative error
-||R_default - R_highest|| / ||R_highest||.
+"highest": true float32 products instead of the default TF32 on Ampere and later GPUs;
+``--precision both`` on CPU gives "highest" and "eigen+highest" rows), and the last column of
+each default-precision row is then its heatmap's relative error against its "highest" twin
+(same compiler options), ||R_default - R_highest|| / ||R_highest||.
 
 Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed.py, in the torch
 venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing; on a GPU
@@ -222,28 +223,35 @@ def main() -> None:
     if zennit_device == "auto":
         zennit_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
-    xla_configs = {"default": {}, "eigen": lrpjax.cpu_compiler_options()}
+    xla_options = {"default": {}, "eigen": lrpjax.cpu_compiler_options()}
     if args.xla == "auto":
-        args.xla = "both" if xla_configs["eigen"] else "default"
-    xla_configs = {k: v for k, v in xla_configs.items() if args.xla in (k, "both")}
+        args.xla = "both" if xla_options["eigen"] else "default"
     if args.precision == "auto":
         args.precision = "both" if jax.default_backend() == "gpu" else "default"
-    # config name -> (compiler options, matmul precision); "highest" uses XLA's default options
-    configs = {k: (v, None) for k, v in xla_configs.items()}
-    if args.precision in ("highest", "both"):
-        configs["highest"] = ({}, "highest")
-    if args.precision == "highest":
-        configs = {k: v for k, v in configs.items() if k != "default"}
+    precisions = {"default": [None], "highest": ["highest"], "both": [None, "highest"]}
+    # config name -> (compiler options, matmul precision; None = the process default)
+    configs, highest_twin = {}, {}
+    for xla_name, opts in xla_options.items():
+        if args.xla not in (xla_name, "both"):
+            continue
+        for prec in precisions[args.precision]:
+            name = xla_name if prec is None else (
+                "highest" if xla_name == "default" else f"{xla_name}+highest")
+            configs[name] = (opts, prec)
+            if prec is not None and args.precision == "both":
+                highest_twin[xla_name] = name
+    process_default = jax.config.jax_default_matmul_precision or "backend default"
     load = os.getloadavg()
     header = {"device": str(jax.devices()), "jax": jax.__version__, "cpu_count": os.cpu_count(),
               "loadavg_1_5_15": load, "reps": reps, "vgg_reps": args.vgg_reps,
-              "configs": {k: {"compiler_options": o, "matmul_precision": p or "default"}
+              "configs": {k: {"compiler_options": o, "matmul_precision": p or process_default}
                           for k, (o, p) in configs.items()}}
     print(f"device {header['device']}  jax {jax.__version__}  CPUs {os.cpu_count()}  "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"Zennit: {zennit or 'not available (skipped)'}")
-    print("configs: " + "; ".join(f"{k} = compiler options {o}, matmul precision {p or 'default'}"
-                                  for k, (o, p) in configs.items()) + "\n")
+    print("configs: " + "; ".join(f"{k} = compiler options {o}, matmul precision "
+                                  f"{p or process_default}" for k, (o, p) in configs.items())
+          + "\n")
 
     nets = []  # (name, spec, input shape, batches, repetitions)
     if "mlp" in only:
@@ -257,7 +265,7 @@ def main() -> None:
 
     cols = ("model", "batch", "config", "method", "median ms", "min ms", "1st call s", "x grad",
             "Zennit ms", "min ms", "Zennit/lrpjax", "(min)", "rel.err", "vs f32")
-    fmt = ("{:<18} {:>5} {:<7} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
+    fmt = ("{:<18} {:>5} {:<13} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
            " {:>7}")
     rows = []
     for name, spec, in_shape, batches, n_reps in nets:
@@ -297,8 +305,9 @@ def main() -> None:
                             "zennit_times_ms": zr["times_ms"]}
                     if f"{m}_{n}" in z["heatmaps"]:
                         row["rel_err_vs_zennit"] = rel_err(outs[key], z["heatmaps"][f"{m}_{n}"])
-                if cfg == "default" and ("highest", m) in outs and m != "forward":
-                    row["rel_err_vs_highest"] = rel_err(outs[key], np.asarray(outs[("highest", m)]))
+                twin = highest_twin.get(cfg)
+                if twin is not None and m != "forward":
+                    row["rel_err_vs_highest"] = rel_err(outs[key], np.asarray(outs[(twin, m)]))
                 rows.append(row)
 
                 def f(key, spec=".2f", row=row):
@@ -321,18 +330,21 @@ def main() -> None:
             limit = TARGETS.get(r["method"])
             ok = "" if limit is None else f" (target <= {limit}x): " + (
                 "ok" if r["ratio_to_gradient"] <= limit else "MISSED")
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<7} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
                   f"{r['ratio_to_gradient']:.2f}x gradient{ok}")
         if r["method"] in COMPOSITES and "zennit_over_lrpjax" in r:
             ok = "ok" if r["zennit_over_lrpjax"] >= ZENNIT_TARGET else "MISSED"
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<7} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
                   f"{r['zennit_over_lrpjax']:.1f}x faster than Zennit "
                   f"(target >= {ZENNIT_TARGET}x): {ok}")
     errs = [r for r in rows if "rel_err_vs_highest" in r]
     if errs:
-        print("\nDefault (TF32) heatmaps against 'highest' (true float32), ||dR|| / ||R||:")
+        tf32 = (" (TF32 on Ampere and later GPUs)" if jax.default_backend() == "gpu"
+                and process_default == "backend default" else "")
+        print(f"\nHeatmaps at matmul precision '{process_default}'{tf32} against 'highest' "
+              "(true float32), ||dR|| / ||R||:")
         for r in errs:
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
                   f"{r['rel_err_vs_highest']:.1e}")
     header["loadavg_at_end"] = os.getloadavg()
     print("\nload average at the end: {:.2f} {:.2f} {:.2f}".format(*header["loadavg_at_end"]))
