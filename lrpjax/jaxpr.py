@@ -239,13 +239,15 @@ def _linear(eqn, i, eqns, vals, dmask, env, deps, uses, skip, ctx):
 
 def lrp_function(
     fn: Callable, params: Any, composite: Composite, x: Any, *, strict: bool = True,
-    on_unsupported: str = "raise",
+    on_unsupported: str = "raise", _report_only: bool = False,
 ) -> tuple[Callable[[Any], Any], Coverage]:
     """``(f, coverage)`` with ``f(x) = fn(params, x)`` (or ``fn(x)`` when params is None) whose
-    VJP propagates relevance. ``on_unsupported``: "raise" or "warn" for primitives without a rule
-    ("ignore": silently, for :func:`lrpjax.describe`, whose coverage reports them)."""
-    if on_unsupported not in ("raise", "warn", "ignore"):
+    VJP propagates relevance. ``on_unsupported``: "raise" or "warn" for primitives without a rule.
+    (``_report_only``: neither, for :func:`lrpjax.describe`, whose coverage reports them.)"""
+    if on_unsupported not in ("raise", "warn"):
         raise ValueError(f"on_unsupported must be 'raise' or 'warn', got {on_unsupported!r}")
+    if _report_only:
+        on_unsupported = "ignore"
     if params is None:
         closed = jax.make_jaxpr(fn)(x)
         leaves: list = []

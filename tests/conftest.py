@@ -18,3 +18,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+# after XLA_FLAGS is set; the update also covers a plugin that imported jax first
+import jax
+
+jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL_PRECISION"])

@@ -14,6 +14,7 @@ from reference_lrp import lrp as np_lrp
 
 import lrpjax
 from lrpjax import composites as C
+from lrpjax import jaxpr
 from lrpjax import rules as R
 from lrpjax.jaxpr import UnsupportedPrimitiveError
 
@@ -100,8 +101,10 @@ def test_control_flow_raises_or_warns():
     with pytest.warns(UserWarning, match="scan"):
         Rx = lrpjax.relevance(fn, x, composite=C.EpsilonPlus(), target=0, on_unsupported="warn")
     assert np.all(np.isfinite(Rx))
-    with pytest.raises(ValueError, match="on_unsupported"):  # no silent fallback
-        lrpjax.relevance(fn, x, composite=C.EpsilonPlus(), target=0, on_unsupported="ignore")
+    for explain in (lambda **kw: lrpjax.relevance(fn, x, composite=C.EpsilonPlus(), **kw),
+                    lambda **kw: jaxpr.lrp_function(fn, None, C.EpsilonPlus(), x, **kw)):
+        with pytest.raises(ValueError, match="on_unsupported"):  # no silent fallback
+            explain(on_unsupported="ignore")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cov = lrpjax.describe(fn, C.EpsilonPlus(), x)
@@ -122,3 +125,16 @@ def test_jit_and_closure_forms():
     np.testing.assert_allclose(closure, jitted, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(closure, lrpjax.relevance(model, x, composite=comp, target=1),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_methods_take_params_like_relevance():
+    rng = np.random.default_rng(2)
+    net, shape = random_net(rng, "cnn", bias=True)
+    model = SpecNet(net)
+    graphdef, state = nnx.split(model)
+    fn = lambda p, a: nnx.merge(graphdef, p)(a)
+    x = jnp.asarray(rng.uniform(0, 1, size=(2, *shape)), jnp.float32)
+    for method in (lrpjax.gradient, lrpjax.sensitivity, lrpjax.gradient_x_input):
+        want = method(model, x, target=3)
+        np.testing.assert_allclose(method(fn, x, target=3, params=state), want, rtol=1e-6)
+        np.testing.assert_allclose(method(fn, x, target=3, variables=state), want, rtol=1e-6)
