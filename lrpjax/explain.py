@@ -228,10 +228,18 @@ def _linen_relevance(model: nn.Module, variables: Any, x: Array, target_arr: Any
 
 
 def _function_params(model: Any, variables: Any, params: Any) -> Any:
-    """``params=`` is another name for a plain function's ``variables=``."""
-    if params is not None and variables is None and not isinstance(model, (nn.Module, nnx.Module)):
-        return params
-    return variables
+    """``params=`` is another name for a plain function's ``variables=`` (never ignored)."""
+    if params is None:
+        return variables
+    if isinstance(model, nnx.Module):
+        raise TypeError("params= is for a plain function fn(params, x); an NNX module carries "
+                        "its own parameters")
+    if isinstance(model, nn.Module):
+        raise TypeError("params= is for a plain function fn(params, x); pass a Linen module's "
+                        "variables as variables=")
+    if variables is not None:
+        raise ValueError("pass the function's parameters as params= or variables=, not both")
+    return params
 
 
 def gradient(model: Any, x: Array, *, target: Target = None, variables: Any = None,
@@ -264,7 +272,7 @@ def describe(
     and why), and the facts :mod:`lrpjax.signs` proved that let the rule use a cheaper exact
     form ("input >= 0", "gated"). ``print(describe(...))`` shows a table."""
     x = _check_input(x)
-    variables = variables if variables is not None else params
+    variables = _function_params(model, variables, params)
     _, coverage = _lrp_fn(model, variables, composite, x, strict)
     return coverage.with_facts(_traced_facts(model, variables, composite, x, strict))
 

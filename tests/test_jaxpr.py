@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from lrp_nets import SpecNet, random_net
+from lrp_nets import SpecNet, linen_model, random_net
 from reference_lrp import lrp as np_lrp
 
 import lrpjax
@@ -137,4 +137,15 @@ def test_gradient_methods_take_params_like_relevance():
     for method in (lrpjax.gradient, lrpjax.sensitivity, lrpjax.gradient_x_input):
         want = method(model, x, target=3)
         np.testing.assert_allclose(method(fn, x, target=3, params=state), want, rtol=1e-6)
-        np.testing.assert_allclose(method(fn, x, target=3, variables=state), want, rtol=1e-6)
+    linen, variables = linen_model(net)
+    comp = C.EpsilonPlus()
+    calls = (lambda m, **kw: lrpjax.gradient(m, x, target=3, **kw),
+             lambda m, **kw: lrpjax.relevance(m, x, composite=comp, target=3, **kw),
+             lambda m, **kw: lrpjax.describe(m, comp, x, **kw))
+    for call in calls:  # params= is never silently ignored
+        for model_, kw, error, match in (
+                (model, {"params": state}, TypeError, "NNX module"),
+                (linen, {"params": variables}, TypeError, "Linen"),
+                (fn, {"params": state, "variables": state}, ValueError, "not both")):
+            with pytest.raises(error, match=match):
+                call(model_, **kw)
