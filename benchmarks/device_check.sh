@@ -30,7 +30,7 @@ PY=${PY:-python3}
 ZPY=${ZPY:-$PY}
 LRP_ARGS=${LRP_ARGS:---full --reps 20 --vgg-reps 10}
 TESTS_F32=${TESTS_F32:-tests/test_lrp_reference.py tests/test_zennit.py \
-tests/test_rules_precision.py tests/test_lrp_api.py tests/test_gates.py tests/test_signs.py}
+tests/test_rules_precision.py tests/test_lrp_api.py tests/test_facts.py}
 TESTS_TF32=${TESTS_TF32:-tests/test_lrp_reference.py tests/test_zennit.py}
 WORKERS=${WORKERS:-8}
 DEADLINE=$((SECONDS + ${BUDGET:-520}))

@@ -6,6 +6,7 @@
                                              [--zennit-device auto|cpu|cuda]
                                              [--xla auto|default|eigen|both]
                                              [--precision auto|default|highest|both]
+                                             [--signs on|off|both]
 
 Every method is one ``jax.jit`` of a pure function of (parameters, x, target) (the functional
 NNX form: the weights are arguments, not baked-in constants). Reported apart: the first call
@@ -27,6 +28,22 @@ On a GPU every method is also run under ``jax.default_matmul_precision("highest"
 each default-precision row is then its heatmap's relative error against its "highest" twin
 (same compiler options), ||R_default - R_highest|| / ||R_highest||.
 
+Sign analysis (``--signs``): by default (on) the presets use the cheaper exact forms that
+lrpjax.facts proves. ``--signs off`` times every preset with the analysis off
+(rows "<preset>[signs off]"); ``--signs both`` adds "EpsilonPlusFlat[signs off]" and
+"EpsilonGammaBox[signs off]" to the same round robin and prints, per net, batch and config, the
+saving (off - on) / off of the heatmap time, the FLOPs of both compiled programs and the largest
+difference of their heatmaps. ``relevance`` is jitted and the analysis runs at trace time, so
+each off variant is its own ``jax.jit`` whose traced function runs inside
+``lrpjax.facts.disabled()``, whose state ``relevance`` passes to its inner jit as a static
+argument. The summary warns when an off variant's FLOPs equal its on twin's.
+
+Every row also shows the compiled program's FLOPs (XLA's ``cost_analysis()``) and its peak
+memory from XLA's ``memory_analysis()``: arguments + outputs + temporaries, in MiB and as a
+ratio to the gradient's (same config); target: every preset <= 1.5x the gradient's. Both come
+from ``jit(f).lower(...).compile()`` after the timed calls (served from the compilation cache),
+"-" where the backend reports nothing.
+
 Zennit (PyTorch) runs the same weights in a subprocess (benchmarks/_zennit_speed.py, in the torch
 venv .zennit-venv, torch threads = CPU count), skipped when that venv is missing; on a GPU
 (``--zennit-device auto`` follows JAX's backend) on CUDA, with torch's defaults (TF32
@@ -37,7 +54,7 @@ EpsilonGammaBox <= 1.5x, lrpjax >= 3x faster than Zennit per heatmap.
 
 What bounds the ratios (count the convolution-sized products per layer): the gradient costs a
 layer's forward product and one transpose. LRP-eps reuses the forward output: forward + one
-transpose, ~1x. z+ on a ReLU-fed layer (proven by lrpjax.signs): forward + W+ a + one transpose,
+transpose, ~1x. z+ on a ReLU-fed layer (proven by lrpjax.facts): forward + W+ a + one transpose,
 ~1.5x. Gamma on a ReLU-fed layer whose output feeds a ReLU (both proven by lrpjax.signs: a >= 0,
 and no relevance reaches z < 0): denominators z + gamma (W+ a + b+) -- one extra product --
 and R = a (W + gamma W+)^T s_p, one transpose: ~1.5x. Without those proofs Gamma needs both
@@ -63,6 +80,7 @@ import numpy as np
 from flax import nnx
 
 import lrpjax
+import lrpjax.facts  # disabled(), for --signs off / both
 from lrpjax import layers
 from lrpjax.composites import EpsilonGammaBox, EpsilonPlusFlat, Uniform
 from lrpjax.rules import Epsilon
@@ -70,9 +88,14 @@ from lrpjax.rules import Epsilon
 HERE = Path(__file__).resolve().parent
 ZENNIT_PYTHON = HERE.parent / ".zennit-venv" / "bin" / "python"
 TARGETS = {"LRP-eps": 1.1, "EpsilonGammaBox": 1.5}  # max ratio to the gradient
+MEMORY_TARGET = 1.5  # max peak memory of a preset, as a ratio to the gradient's
 ZENNIT_TARGET = 3.0  # min speed-up over Zennit per heatmap
 COMPOSITES = {"LRP-eps": Uniform(Epsilon(1e-6)), "EpsilonPlusFlat": EpsilonPlusFlat(),
               "EpsilonGammaBox": EpsilonGammaBox(0.0, 1.0)}
+SIGNS_COMPARED = ("EpsilonPlusFlat", "EpsilonGammaBox")  # also timed signs off with --signs both
+OFF = "[signs off]"
+# lrpjax.facts.disabled() is read by lrpjax.relevance and passed to its jit as a static
+# argument, so the off variants (each its own jax.jit here) compile their own programs.
 
 
 # ---------------------------------------------------------------- nets as layer specs
@@ -131,17 +154,68 @@ def in_precision(fn, precision: str | None):
     return call
 
 
-def methods(graphdef, options: dict | None = None) -> dict:
-    """name -> jitted f(state, x, target); the model is rebuilt from its state inside."""
+def methods(graphdef, options: dict | None = None, signs: str = "on") -> dict:
+    """name -> jitted f(state, x, target); the model is rebuilt from its state inside.
+
+    ``signs``: "on" (the presets as lrpjax runs them), "off" (every preset traced with the sign
+    analysis off, named "<preset>[signs off]") or "both" (on, plus SIGNS_COMPARED off)."""
     def jit(f):
         return jax.jit(lambda state, x, t: f(nnx.merge(graphdef, state), x, t),
                        compiler_options=options or None)
 
+    def signs_off(f):  # the analysis off at trace time
+        def traced(m, x, t):
+            with lrpjax.facts.disabled():
+                return f(m, x, t)
+        return traced
+
     fns = {"forward": jit(lambda m, x, t: m(x)),
            "gradient": jit(lambda m, x, t: lrpjax.gradient(m, x, target=t))}
     for name, comp in COMPOSITES.items():
-        fns[name] = jit(lambda m, x, t, c=comp: lrpjax.relevance(m, x, composite=c, target=t))
+        def rel(m, x, t, c=comp):
+            return lrpjax.relevance(m, x, composite=c, target=t)
+        if signs != "off":
+            fns[name] = jit(rel)
+        if signs == "off" or (signs == "both" and name in SIGNS_COMPARED):
+            fns[name + OFF] = jit(signs_off(rel))
     return fns
+
+
+def base_method(m: str) -> str:
+    """The preset behind a row name ("EpsilonGammaBox[signs off]" -> "EpsilonGammaBox")."""
+    return m.removesuffix(OFF)
+
+
+def compiled_stats(f, prec: str | None, *args) -> dict:
+    """FLOPs and peak memory (arguments + outputs + temporaries) of the compiled ``f(*args)``
+    from XLA's cost and memory analyses; keys are left out where the backend reports nothing.
+    Called after ``f(*args)`` ran (same precision), so lowering and compiling hit the caches."""
+    try:
+        compiled = in_precision(lambda: f.lower(*args).compile(), prec)()
+    except Exception as e:  # noqa: BLE001 - statistics only
+        print(f"  (no compiled statistics: {type(e).__name__}: {e})", file=sys.stderr)
+        return {}
+    out: dict = {}
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend has a cost analysis
+        cost = None
+    cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    if flops is not None and flops >= 0:
+        out["flops"] = float(flops)
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - nor a memory analysis
+        mem = None
+    if mem is not None:
+        sizes = {k: getattr(mem, f"{k}_size_in_bytes", None)
+                 for k in ("argument", "output", "temp", "alias", "generated_code")}
+        sizes = {k: int(v) for k, v in sizes.items() if v is not None}
+        if all(k in sizes for k in ("argument", "output", "temp")):
+            out["peak_bytes"] = sizes["argument"] + sizes["output"] + sizes["temp"]
+        out["memory_bytes"] = sizes
+    return out
 
 
 def time_round_robin(calls: dict, reps: int) -> tuple[dict, dict, dict]:
@@ -212,6 +286,9 @@ def main() -> None:
                     help="float32 products: the backend's default (TF32 on recent GPUs), "
                          "'highest' (true float32) or both side by side; auto = both on GPU, "
                          "default elsewhere")
+    ap.add_argument("--signs", default="on", choices=("on", "off", "both"),
+                    help="the sign analysis (lrpjax.facts) for the presets: on, off, or both "
+                         f"({', '.join(SIGNS_COMPARED)} also timed with it off)")
     args = ap.parse_args()
     reps = args.reps
     only = set(args.only.split(","))
@@ -244,6 +321,7 @@ def main() -> None:
     load = os.getloadavg()
     header = {"device": str(jax.devices()), "jax": jax.__version__, "cpu_count": os.cpu_count(),
               "loadavg_1_5_15": load, "reps": reps, "vgg_reps": args.vgg_reps,
+              "signs": args.signs,
               "configs": {k: {"compiler_options": o, "matmul_precision": p or process_default}
                           for k, (o, p) in configs.items()}}
     print(f"device {header['device']}  jax {jax.__version__}  CPUs {os.cpu_count()}  "
@@ -251,7 +329,7 @@ def main() -> None:
     print(f"Zennit: {zennit or 'not available (skipped)'}")
     print("configs: " + "; ".join(f"{k} = compiler options {o}, matmul precision "
                                   f"{p or process_default}" for k, (o, p) in configs.items())
-          + "\n")
+          + f"\nsign analysis: {args.signs}\n")
 
     nets = []  # (name, spec, input shape, batches, repetitions)
     if "mlp" in only:
@@ -264,18 +342,20 @@ def main() -> None:
                         args.vgg_reps))
 
     cols = ("model", "batch", "config", "method", "median ms", "min ms", "1st call s", "x grad",
-            "Zennit ms", "min ms", "Zennit/lrpjax", "(min)", "rel.err", "vs f32")
-    fmt = ("{:<18} {:>5} {:<13} {:<15} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>13} {:>5} {:>7}"
-           " {:>7}")
+            "GFLOP", "peak MiB", "x grad", "Zennit ms", "min ms", "Zennit/lrpjax", "(min)",
+            "rel.err", "vs f32")
+    width = max(15, *(len(m) for m in methods(None, signs=args.signs)))
+    fmt = ("{:<18} {:>5} {:<13} {:<WIDTH} {:>9} {:>8} {:>10} {:>6} {:>8} {:>8} {:>6} {:>9}"
+           " {:>8} {:>13} {:>5} {:>7} {:>7}").replace("WIDTH", str(width))
     rows = []
     for name, spec, in_shape, batches, n_reps in nets:
         model = build(spec, in_shape)
         graphdef, state = nnx.split(model)
         fns = {(cfg, m): (f, prec) for cfg, (opts, prec) in configs.items()
-               for m, f in methods(graphdef, opts).items()}
+               for m, f in methods(graphdef, opts, args.signs).items()}
         print(f"{name}: {n_params(model) / 1e6:.2f}M parameters, {n_reps} repetitions")
         print(fmt.format(*cols))
-        inputs, results = {}, {}
+        inputs, results, stats = {}, {}, {}
         for n in batches:
             x = jax.random.uniform(jax.random.key(n), (n, *in_shape))
             t = jnp.argmax(model(x), axis=-1)  # explain the prediction (eager, not timed)
@@ -283,6 +363,7 @@ def main() -> None:
             calls = {key: in_precision(lambda f=f, s=state, x=x, t=t: f(s, x, t), prec)
                      for key, (f, prec) in fns.items()}
             results[n] = time_round_robin(calls, n_reps)
+            stats[n] = {key: compiled_stats(f, prec, state, x, t) for key, (f, prec) in fns.items()}
         z = None
         if zennit is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -295,25 +376,41 @@ def main() -> None:
                 row = {"model": name, "batch": n, "config": cfg, "method": m, "median_ms": med[key],
                        "min_ms": min(times[key]), "first_call_s": first[key],
                        "ratio_to_gradient": med[key] / med[(cfg, "gradient")],
-                       "times_ms": times[key]}
-                zr = z["results"][str(n)].get(m) if z else None
+                       "times_ms": times[key]} | stats[n][key]
+                if "flops" in row:
+                    row["gflop"] = row["flops"] / 1e9
+                grad_peak = stats[n][(cfg, "gradient")].get("peak_bytes")
+                if "peak_bytes" in row:
+                    row["peak_mib"] = row["peak_bytes"] / 2**20
+                    if grad_peak:
+                        row["peak_ratio_to_gradient"] = row["peak_bytes"] / grad_peak
+                zr = z["results"][str(n)].get(base_method(m)) if z else None
                 if zr:
                     row |= {"zennit_median_ms": zr["median_ms"], "zennit_min_ms": min(zr["times_ms"]),
                             "zennit_first_call_s": zr["first_call_s"],
                             "zennit_over_lrpjax": zr["median_ms"] / med[key],
                             "zennit_over_lrpjax_min": min(zr["times_ms"]) / min(times[key]),
                             "zennit_times_ms": zr["times_ms"]}
-                    if f"{m}_{n}" in z["heatmaps"]:
-                        row["rel_err_vs_zennit"] = rel_err(outs[key], z["heatmaps"][f"{m}_{n}"])
+                    if f"{base_method(m)}_{n}" in z["heatmaps"]:
+                        row["rel_err_vs_zennit"] = rel_err(
+                            outs[key], z["heatmaps"][f"{base_method(m)}_{n}"])
                 twin = highest_twin.get(cfg)
                 if twin is not None and m != "forward":
                     row["rel_err_vs_highest"] = rel_err(outs[key], np.asarray(outs[(twin, m)]))
+                on_key = (cfg, base_method(m))
+                if m.endswith(OFF) and on_key in fns:  # --signs both: the on twin was timed too
+                    row["signs_on_median_ms"] = med[on_key]
+                    row["signs_saving"] = (med[key] - med[on_key]) / med[key]
+                    row["rel_err_signs_on_vs_off"] = rel_err(outs[on_key], np.asarray(outs[key]))
+                    if "flops" in stats[n][on_key]:
+                        row["signs_on_flops"] = stats[n][on_key]["flops"]
                 rows.append(row)
 
                 def f(key, spec=".2f", row=row):
                     return format(row[key], spec) if key in row else "-"
                 print(fmt.format(name, n, cfg, m, f("median_ms"), f("min_ms"), f("first_call_s"),
-                                 f("ratio_to_gradient"), f("zennit_median_ms"),
+                                 f("ratio_to_gradient"), f("gflop", ".3f"), f("peak_mib"),
+                                 f("peak_ratio_to_gradient"), f("zennit_median_ms"),
                                  f("zennit_min_ms"), f("zennit_over_lrpjax", ".1f"),
                                  f("zennit_over_lrpjax_min", ".1f"), f("rel_err_vs_zennit", ".0e"),
                                  f("rel_err_vs_highest", ".0e")))
@@ -324,19 +421,49 @@ def main() -> None:
                 **header["zennit"]))
         print()
 
+    mw = width + 1  # the method column of the summaries
     print("LRP / gradient and Zennit / lrpjax (steady-state medians) against the targets:")
     for r in rows:
-        if r["method"] in COMPOSITES:
-            limit = TARGETS.get(r["method"])
+        if base_method(r["method"]) in COMPOSITES:
+            limit = TARGETS.get(base_method(r["method"]))
             ok = "" if limit is None else f" (target <= {limit}x): " + (
                 "ok" if r["ratio_to_gradient"] <= limit else "MISSED")
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<{mw}} "
                   f"{r['ratio_to_gradient']:.2f}x gradient{ok}")
-        if r["method"] in COMPOSITES and "zennit_over_lrpjax" in r:
+        if base_method(r["method"]) in COMPOSITES and "zennit_over_lrpjax" in r:
             ok = "ok" if r["zennit_over_lrpjax"] >= ZENNIT_TARGET else "MISSED"
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<{mw}} "
                   f"{r['zennit_over_lrpjax']:.1f}x faster than Zennit "
                   f"(target >= {ZENNIT_TARGET}x): {ok}")
+    mem = [r for r in rows if base_method(r["method"]) in COMPOSITES
+           and "peak_ratio_to_gradient" in r]
+    if mem:
+        print(f"\nPeak memory (XLA memory analysis: arguments + outputs + temporaries) against "
+              f"the gradient's (target <= {MEMORY_TARGET}x):")
+        for r in mem:
+            ok = "ok" if r["peak_ratio_to_gradient"] <= MEMORY_TARGET else "MISSED"
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<{mw}} "
+                  f"{r['peak_mib']:8.2f} MiB  {r['peak_ratio_to_gradient']:.2f}x gradient: {ok}")
+    signs = [r for r in rows if "signs_saving" in r]
+    if signs:
+        print("\nSign analysis on vs off (steady-state medians; saving = (off - on) / off of the "
+              "heatmap time):")
+        sfmt = "  {:<19} {:<5} {:<13} {:<16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>8}"
+        print(sfmt.format("model", "batch", "config", "preset", "on ms", "off ms", "saving",
+                          "GFLOP on", "GFLOP off", "R diff"))
+        for r in signs:
+            flops_on, flops_off = r.get("signs_on_flops"), r.get("flops")
+            print(sfmt.format(
+                r["model"], f"b{r['batch']}", r["config"], base_method(r["method"]),
+                f"{r['signs_on_median_ms']:.2f}", f"{r['median_ms']:.2f}",
+                f"{100 * r['signs_saving']:.1f}%",
+                "-" if flops_on is None else f"{flops_on / 1e9:.3f}",
+                "-" if flops_off is None else f"{flops_off / 1e9:.3f}",
+                f"{r['rel_err_signs_on_vs_off']:.0e}"))
+            if flops_on is not None and flops_on == flops_off:
+                print("    WARNING: the same FLOPs with the analysis off: either no layer of this "
+                      "preset has a cheaper form to use (e.g. no conv layers), or the off variant "
+                      "compiled the signs-on program")
     errs = [r for r in rows if "rel_err_vs_highest" in r]
     if errs:
         tf32 = (" (TF32 on Ampere and later GPUs)" if jax.default_backend() == "gpu"
@@ -344,7 +471,7 @@ def main() -> None:
         print(f"\nHeatmaps at matmul precision '{process_default}'{tf32} against 'highest' "
               "(true float32), ||dR|| / ||R||:")
         for r in errs:
-            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<16} "
+            print(f"  {r['model']:<19} b{r['batch']:<3} {r['config']:<13} {r['method']:<{mw}} "
                   f"{r['rel_err_vs_highest']:.1e}")
     header["loadavg_at_end"] = os.getloadavg()
     print("\nload average at the end: {:.2f} {:.2f} {:.2f}".format(*header["loadavg_at_end"]))

@@ -134,7 +134,7 @@ for name, methods in METHODS.items():
     for method in methods:
         if method in LRP:
             print(f"--- {name}, {method}")
-            print(lrpjax.describe(model, LRP[method][1], x[:1]))
+            print(lrpjax.describe(model, x[:1], composite=LRP[method][1]))
         R = np.asarray(explainer(model, method)(x, labels))
         relevances.append(R)
         heatmaps[name, method] = R[shown]

@@ -80,7 +80,7 @@ with jax.enable_x64(True):  # float64: the closed forms are checked to ~1e-15
     model = MaxNet(dtype=jnp.float64, param_dtype=jnp.float64)
     zplus = Uniform(ZPlus(epsilon=0.0))  # z+ with no stabiliser: the exact deep Taylor field
     zplus_default = Uniform(ZPlus())  # lrpjax's default epsilon = 1e-6, for comparison
-    print(lrpjax.describe(model, zplus, jnp.zeros((1, 2))))
+    print(lrpjax.describe(model, jnp.zeros((1, 2)), composite=zplus))
     methods: dict[str, Explain] = {
         "sensitivity": lambda x: lrpjax.sensitivity(model, x),
         "simple_taylor": lambda x: lrpjax.gradient_x_input(model, x),

@@ -125,7 +125,7 @@ relevances: list[np.ndarray] = []
 keys: list[tuple[str, str]] = []
 for comp_key, (comp_label, composite) in COMPOSITES.items():
     print(f"--- {comp_label}")
-    print(lrpjax.describe(model, composite, x[:1]))
+    print(lrpjax.describe(model, x[:1], composite=composite))
 
     def explain(a: jax.Array, t: jax.Array, composite: Composite = composite) -> jax.Array:
         return lrpjax.relevance(model, a, composite=composite, target=t)

@@ -4,10 +4,11 @@ Implements the methods of Montavon, Samek & Mueller, "Methods for interpreting a
 understanding deep neural networks", Digital Signal Processing 73 (2018).
 """
 
-from . import attribution, canonizers, composites, layers, models, rules
+from . import attribution, canonizers, composites, facts, layers, models, ops, rules
 from .attribution import integrated_gradients, smoothgrad
 from .composites import Composite
 from .explain import describe, gradient, gradient_x_input, relevance, sensitivity
+from .layerwise import layer_relevance
 from .xla import cpu_compiler_options
 
 __version__ = "0.1.0"
@@ -19,11 +20,14 @@ __all__ = [
     "composites",
     "cpu_compiler_options",
     "describe",
+    "facts",
     "gradient",
     "gradient_x_input",
     "integrated_gradients",
+    "layer_relevance",
     "layers",
     "models",
+    "ops",
     "relevance",
     "rules",
     "sensitivity",

@@ -32,9 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
-from flax import nnx
 
+from . import frontends
 from .explain import (
     Target,
     _check_input,
@@ -161,17 +160,9 @@ def _ig(fn: Callable[[Array], Array], x: Array, base: Array, target_arr: Any, *,
     return ig, ig.reshape(x.shape[0], -1).sum(axis=1) - gap
 
 
-_STATIC = ("target_fn", "method", "steps", "batch")
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC)
-def _ig_nnx(graphdef: Any, state: Any, *args: Any, **static: Any) -> tuple[Array, Array]:
-    return _ig(nnx.merge(graphdef, state), *args, **static)
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC)
-def _ig_linen(model: nn.Module, variables: Any, *args: Any, **static: Any) -> tuple[Array, Array]:
-    return _ig(lambda a: model.apply(variables, a), *args, **static)
+@partial(jax.jit, static_argnames=("static", "target_fn", "method", "steps", "batch"))
+def _ig_routed(dynamic: Any, *args: Any, static: Any, **kw: Any) -> tuple[Array, Array]:
+    return _ig(frontends.build(static, dynamic), *args, **kw)
 
 
 def integrated_gradients(model_or_fn: Any, x: Array, *, baseline: Any = 0.0, steps: int = 256,
@@ -180,9 +171,8 @@ def integrated_gradients(model_or_fn: Any, x: Array, *, baseline: Any = 0.0, ste
                          return_delta: bool = False) -> Array | tuple[Array, Array]:
     """Integrated Gradients of the target output along the straight path baseline -> x.
 
-    ``model_or_fn``: an NNX module, a Linen module with ``variables`` (both compiled once per
-    structure and shape, as :func:`lrpjax.relevance`), or any callable ``x -> output`` (run as
-    traced by the caller: wrap the call in ``jax.jit``). ``baseline``: a scalar (default 0:
+    ``model_or_fn``: any model :func:`lrpjax.relevance` takes (compiled once per structure and
+    shape, as there; with ``variables`` for a Linen module or ``fn(params, x)``). ``baseline``: a scalar (default 0:
     the black image), one input shaped like x[0], or one per sample. ``target``: as in
     :func:`lrpjax.relevance`, resolved at x (None: the class predicted for x, the same along
     the whole path); a callable target gives the output cotangent c = target(f(x)), i.e.
@@ -203,13 +193,6 @@ def integrated_gradients(model_or_fn: Any, x: Array, *, baseline: Any = 0.0, ste
         output_relevance_check(jax.eval_shape(forward_fn(model_or_fn, variables), x),
                                target_arr)
     static = {"target_fn": target_fn, "method": method, "steps": int(steps), "batch": batch}
-    if isinstance(model_or_fn, nnx.Module):
-        graphdef, state = nnx.split(model_or_fn)
-        ig, delta = _ig_nnx(graphdef, state, x, base, target_arr, **static)
-    elif isinstance(model_or_fn, nn.Module):
-        if variables is None:
-            raise ValueError("a Linen module needs its variables: pass variables=...")
-        ig, delta = _ig_linen(model_or_fn, variables, x, base, target_arr, **static)
-    else:
-        ig, delta = _ig(forward_fn(model_or_fn, variables), x, base, target_arr, **static)
+    route, dynamic = frontends.split(model_or_fn, variables)
+    ig, delta = _ig_routed(dynamic, x, base, target_arr, static=route, **static)
     return (ig, delta) if return_delta else ig

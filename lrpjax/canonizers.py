@@ -22,8 +22,9 @@ after a Linear/Conv *and* receive exactly that layer's output (the same traced v
 called once. Anything else (an activation or a residual sum in between, a shared layer, BN in
 training mode, BN over a non-last axis) raises :class:`CanonizerError` naming the layer.
 
-Residual sums must be written with :class:`lrpjax.layers.Add` so the LRP front-ends see them and
-split relevance proportionally (Norm rule); a bare ``x + y`` is invisible to them.
+For a Flax Linen model, ``fold_batchnorm(model, x, variables=...)`` returns a
+:class:`FoldedLinen` (the same module, its folded BatchNorm calls the identity) and its folded
+variables.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from . import layers
+from .frontends import LINEN_IDENTITY, linen_path
 
-__all__ = ["CanonizerError", "Identity", "batchnorm_pairs", "fold_batchnorm"]
+__all__ = ["CanonizerError", "FoldedLinen", "Identity", "batchnorm_pairs", "fold_batchnorm"]
 
 _LINEAR = (nnx.Linear, nnx.Conv)
 
@@ -188,8 +191,11 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Arra
     return nnx.merge(graphdef, state)(x)
 
 
-def fold_batchnorm(model: nnx.Module, x: Any, *, check: bool = True) -> nnx.Module:
+def fold_batchnorm(model: Any, x: Any, *, variables: Any = None, check: bool = True) -> Any:
     """A copy of ``model`` with every BatchNorm folded into the Linear/Conv layer before it.
+
+    For a Flax Linen module pass its ``variables``; the result is then ``(folded_module,
+    folded_variables)`` (:class:`FoldedLinen`: the BatchNorm calls become the identity).
 
     ``x`` is an example input (array or ``jax.ShapeDtypeStruct``), used to find the call
     order. The model must be in inference mode (``model.eval()``). The returned model computes
@@ -198,6 +204,10 @@ def fold_batchnorm(model: nnx.Module, x: Any, *, check: bool = True) -> nnx.Modu
     and a mismatch (e.g. the linear layer's output is also used elsewhere) raises
     :class:`CanonizerError`. Models without BatchNorm come back as an unchanged copy.
     """
+    if isinstance(model, nn.Module):
+        if variables is None:
+            raise ValueError("a Linen module needs its variables: pass variables=...")
+        return _fold_linen(model, variables, x, check)
     pairs = batchnorm_pairs(model, x)
     folded = nnx.clone(model)
     if not pairs:
@@ -220,3 +230,99 @@ def fold_batchnorm(model: nnx.Module, x: Any, *, check: bool = True) -> nnx.Modu
                 f"folding {pairs} changed the model output by {err:.3g} (scale {scale:.3g}): "
                 "a folded layer's output is probably also used elsewhere; fold by hand")
     return folded
+
+
+# ---------------------------------------------------------------- Flax Linen
+class FoldedLinen(nn.Module):
+    """``inner`` with the BatchNorm calls at ``identity`` (paths) replaced by the identity: what
+    :func:`fold_batchnorm` returns for a Linen model, its variables under ``inner``."""
+
+    inner: nn.Module
+    identity: tuple[str, ...]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        paths = frozenset(f"inner/{p}" for p in self.identity)
+        token = LINEN_IDENTITY.set(LINEN_IDENTITY.get() | paths)
+        try:
+            with nn.intercept_methods(_skip_identity):
+                return self.inner(*args, **kwargs)
+        finally:
+            LINEN_IDENTITY.reset(token)
+
+
+def _skip_identity(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+    if context.method_name == "__call__" and linen_path(context.module) in LINEN_IDENTITY.get():
+        return args[0]
+    return next_fun(*args, **kwargs)
+
+
+def _linen_calls(model: nn.Module, variables: Any, x: Any) -> list[_Call]:
+    log: list[_Call] = []
+
+    def record(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__":
+            log.append(_Call(linen_path(context.module), context.module, args, kwargs, out))
+        return out
+
+    def run(a: Any) -> Any:
+        with nn.intercept_methods(record):
+            return model.apply(variables, a)
+
+    jax.eval_shape(run, jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+    paths = [c.path for c in log]
+    return [c for c in log if c.path and not any(q.startswith(c.path + "/") for q in paths)]
+
+
+def _fold_linen(model: nn.Module, variables: Any, x: Any, check: bool) -> tuple[Any, Any]:
+    calls = _linen_calls(model, variables, x)
+    params = jax.tree.map(np.asarray, dict(variables.get("params", {})))
+    identity = []
+    for i, call in enumerate(calls):
+        if not isinstance(call.module, nn.BatchNorm):
+            continue
+        bn, prev = call.module, calls[i - 1] if i > 0 else None
+        why = ""
+        if not (call.kwargs.get("use_running_average", bn.use_running_average) is True):
+            why = "it is in training mode: build it with use_running_average=True"
+        elif prev is None or not isinstance(prev.module, (nn.Dense, nn.Conv)):
+            why = "it does not directly follow a Dense/Conv layer"
+        elif not call.args or call.args[0] is not prev.out:
+            why = f"its input is not the output of {prev.path!r}"
+        elif bn.axis not in (-1, len(call.args[0].shape) - 1):
+            why = f"it normalizes axis {bn.axis}, not the last (feature) axis"
+        elif not prev.module.use_bias:
+            why = (f"{prev.path!r} has no bias to absorb the shift: build it with "
+                   "use_bias=True")
+        if why:
+            raise CanonizerError(f"cannot fold BatchNorm {call.path!r}: {why}")
+        lin, bnp = _at(params, prev.path), _at(params, call.path)
+        stats = _at(jax.tree.map(np.asarray, dict(variables["batch_stats"])), call.path)
+        mean, var = np.float64(stats["mean"]), np.float64(stats["var"])
+        gamma = np.float64(bnp["scale"]) if bn.use_scale else np.ones_like(mean)
+        beta = np.float64(bnp["bias"]) if bn.use_bias else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        dtype = lin["kernel"].dtype
+        lin["kernel"] = (np.float64(lin["kernel"]) * scale).astype(dtype)
+        lin["bias"] = ((np.float64(lin["bias"]) - mean) * scale + beta).astype(dtype)
+        identity.append(call.path)
+    folded = FoldedLinen(model, tuple(identity))
+    new = {k: {"inner": v} for k, v in dict(variables).items() if k != "params"}
+    new["params"] = {"inner": jax.tree.map(jnp.asarray, params)}
+    if check and not isinstance(x, jax.core.Tracer) and hasattr(x, "__array__"):
+        before, after = np.asarray(model.apply(variables, x)), np.asarray(folded.apply(new, x))
+        scale_ = max(float(np.max(np.abs(before), initial=0.0)), 1.0)
+        if not float(np.max(np.abs(before - after), initial=0.0)) <= 1e-4 * scale_:
+            raise CanonizerError(f"folding {identity} changed the model output; fold by hand")
+    return folded, new
+
+
+def _at(tree: dict, path: str) -> dict:
+    """The sub-dict of ``tree`` at a '/'-joined module path (copied, so it can be changed)."""
+    node = tree
+    parts = path.split("/")
+    for p in parts[:-1]:
+        node[p] = dict(node[p])
+        node = node[p]
+    node[parts[-1]] = dict(node[parts[-1]])
+    return node[parts[-1]]

@@ -144,7 +144,8 @@ def default_rule(info: LayerInfo) -> Any:
     LRP-0 for unclaimed linear layers; None (unsupported) otherwise."""
     return {
         "avgpool": Norm(), "add": Norm(), "maxpool": Gradient(), "flatten": Pass(),
-        "dropout": Pass(), "activation": Pass(), "dense": Epsilon(0.0), "conv": Epsilon(0.0),
+        "dropout": Pass(), "activation": Pass(), "scale": Pass(), "dense": Epsilon(0.0),
+        "conv": Epsilon(0.0),
     }.get(info.kind)
 
 

@@ -14,18 +14,17 @@ Parameters are explicit arguments of ``fwd`` (never closed over), so the same co
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LayerFn", "Rule", "apply_rule", "is_bias_path", "map_params", "vjp_input"]
+__all__ = ["LayerFn", "Rule", "apply_rule", "is_bias_path", "map_params", "rule_keywords",
+           "vjp_input"]
 
 Array = jax.Array
 Params = Any
@@ -37,11 +36,11 @@ class Rule(Protocol):
     """A relevance rule: ``rule(fwd, params, inputs, z, R) -> relevances of the inputs``.
 
     A rule whose class sets ``uses_input_signs = True`` is also called with ``nonneg=(bool,
-    ...)``: per input, True when the sign analysis of :mod:`lrpjax.signs` proved it >= 0 for
-    every possible input of the model (e.g. it comes out of a ReLU), so a cheaper, equal form
-    applies. One that sets ``uses_output_gate = True`` is called with ``gated=True`` where the
-    analysis proved that the relevance reaching the layer is zero wherever its output z < 0.
-    Rules without the attributes never see the keywords.
+    ...)``: per input, True when :mod:`lrpjax.facts` proved it >= 0 for every input of the
+    model (e.g. it comes out of a ReLU), so a cheaper, equal form applies. One that sets
+    ``uses_output_gate = True`` is called with ``gated=True`` where the analysis proved that
+    the relevance reaching the layer is zero wherever its output z < 0. Rules without the
+    attributes never see the keywords.
     """
 
     def __call__(
@@ -49,29 +48,16 @@ class Rule(Protocol):
     ) -> tuple[Array, ...]: ...
 
 
-def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: str = "") -> Array:
+def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: str = "",
+               facts: dict | None = None) -> Array:
     """Run ``fwd(params, *inputs)``; in reverse mode, map output relevance to input relevance.
 
     Forward: z = fwd(params, *inputs). Backward: (R_in_1, ..., R_in_n) = rule(fwd, params,
     inputs, z, R_out), and zero cotangents for ``params``. ``name`` (the layer path) labels the
-    call for :func:`lrpjax.describe`.
+    call in errors; ``facts`` (``{"nonneg": (bool, ...), "gated": bool}``, proven by
+    :mod:`lrpjax.facts`) reach the rule where it opts in.
     """
-
-    marking = _MARKING.get()
-    if marking is not None:  # the sign-analysis trace: a named call the analysis can find
-        marking.append((tuple((x.shape, x.dtype) for x in inputs), rule, name))
-
-        def marked(p: Params, *xs: Array) -> Array:
-            return fwd(p, *xs)
-
-        marked.__name__ = f"{MARKER}{len(marking) - 1}"
-        return jax.jit(marked)(params, *inputs)
-    nonneg, gated = _next_signs(inputs)
-    known: dict[str, Any] = {}
-    if any(nonneg) and _accepts(rule, "uses_input_signs", "nonneg"):
-        known["nonneg"] = nonneg
-    if gated and _accepts(rule, "uses_output_gate", "gated"):
-        known["gated"] = True
+    known = rule_keywords(rule, facts or {})
 
     @jax.custom_vjp
     def layer(p: Params, *xs: Array) -> Array:
@@ -85,12 +71,25 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
         p, xs, z = res
         R_in = rule(fwd, p, xs, z, R, **known)
         if len(R_in) != len(xs):
-            raise ValueError(f"{rule!r} returned {len(R_in)} relevances for {len(xs)} inputs")
+            raise ValueError(f"{rule!r} at {name!r} returned {len(R_in)} relevances for "
+                             f"{len(xs)} inputs")
         R_in = tuple(r.astype(x.dtype) for r, x in zip(R_in, xs, strict=True))
         return (jax.tree.map(_zero_cotangent, p), *R_in)
 
     layer.defvjp(layer_fwd, layer_bwd)
     return layer(params, *inputs)
+
+
+def rule_keywords(rule: Any, facts: dict) -> dict[str, Any]:
+    """The proven facts a rule receives: ``nonneg`` where any input is proven >= 0 and the
+    rule opts in; ``gated`` where proven, opted in, and the rule gets ``nonneg`` too."""
+    known: dict[str, Any] = {}
+    nonneg = tuple(facts.get("nonneg", ()))
+    if any(nonneg) and _accepts(rule, "uses_input_signs", "nonneg"):
+        known["nonneg"] = nonneg
+    if facts.get("gated") and _accepts(rule, "uses_output_gate", "gated"):
+        known["gated"] = True
+    return known
 
 
 @functools.cache
@@ -112,48 +111,6 @@ def _accepts(rule: Any, flag: str, keyword: str) -> bool:
         return False
     names = _call_keywords(type(rule))
     return keyword in names or "*" in names
-
-
-MARKER = "lrpjax_layer_"
-"""Name prefix of the jitted calls that mark LRP layers in the sign-analysis trace."""
-
-
-@dataclass
-class SignState:
-    """Per-call facts proven by :mod:`lrpjax.signs`, consumed in call order: which inputs are
-    >= 0 (``flags``) and whether no relevance can reach the output where it is < 0 (``gated``)."""
-
-    flags: list[tuple[bool, ...]]
-    shapes: list[tuple]
-    gated: list[bool] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)  # the layer path of each call
-    count: int = field(default=0)
-    diverged: bool = field(default=False)
-
-    def matched(self) -> bool:
-        """Did the traced layer calls match the analysed ones, one for one?"""
-        return not self.diverged and self.count == len(self.shapes)
-
-
-_MARKING: contextvars.ContextVar[list | None] = contextvars.ContextVar("lrpjax_marking",
-                                                                       default=None)
-_SIGNS: contextvars.ContextVar[SignState | None] = contextvars.ContextVar("lrpjax_signs",
-                                                                          default=None)
-
-
-def _next_signs(inputs: tuple) -> tuple[tuple[bool, ...], bool]:
-    """(input non-negativity, output gate) proven for this call; all False when unknown or when
-    the calls differ from the analysed trace."""
-    state, unknown = _SIGNS.get(), ((False,) * len(inputs), False)
-    if state is None:
-        return unknown
-    k = state.count
-    state.count += 1
-    here = tuple((x.shape, x.dtype) for x in inputs)
-    if k >= len(state.flags) or state.shapes[k] != here:
-        state.flags, state.diverged = [], True  # the calls differ from the analysed trace:
-        return unknown  # trust nothing from here on
-    return state.flags[k], k < len(state.gated) and state.gated[k]
 
 
 def _zero_cotangent(leaf: Any) -> Any:

@@ -7,7 +7,7 @@ layer, the rule used or "plain gradient" and why, so no layer silently falls bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from flax import linen as nn
@@ -15,7 +15,6 @@ from flax import nnx
 
 from . import layers
 from .composites import Composite, LayerInfo
-from .core import _accepts
 
 __all__ = ["Coverage", "LayerRow", "UnsupportedLayerError", "assign_rules", "classify"]
 
@@ -52,21 +51,24 @@ class LayerRow:
     type_name: str
     kind: str
     rule: Any
-    source: str  # "composite" | "default" | "unsupported"
-    proven: str = ""  # facts lrpjax.signs proved that the rule uses (cheaper, exact forms)
+    source: str  # "composite" | "default" | "table" | "unsupported"
+    proven: str = ""  # facts lrpjax.facts proved that the rule uses (cheaper, exact forms)
+    where: str = ""  # the user's source line, "file.py:12 (Block.__call__)"
 
     @property
     def rule_name(self) -> str:
         if self.rule is None:
             return "plain gradient"
+        if self.source == "table" and type(self.rule).__name__ == "Gradient":
+            return "winner-take-all"
         return repr(self.rule)
 
     @property
     def note(self) -> str:
         if self.source == "unsupported":
-            return "no rule for this layer type: plain gradient"
+            return "no rule: plain gradient"
         if self.source == "default":
-            return "default for this layer kind"
+            return "default"
         return ""
 
 
@@ -76,6 +78,7 @@ class Coverage:
 
     rows: tuple[LayerRow, ...]
     composite: str = ""
+    structural: tuple[tuple[str, int], ...] = ()  # (primitive, count) carried exactly
 
     @property
     def fallbacks(self) -> tuple[LayerRow, ...]:
@@ -88,31 +91,20 @@ class Coverage:
                 return r.rule
         raise KeyError(f"no layer with path {path!r}; layers: {[r.path for r in self.rows]}")
 
-    def with_facts(self, facts: dict[str, tuple[bool, bool]]) -> Coverage:
-        """The report with the sign-analysis facts (``lrpjax.signs.layer_facts``) that each
-        row's rule receives and uses: "input >= 0" (z+, alpha-beta and gamma skip the a-
-        products) and "gated" (no relevance reaches outputs z < 0; gamma's one-transpose form,
-        which also needs a >= 0 and the bias in z, so not with ``zero_bias``)."""
-        rows = []
-        for r in self.rows:
-            nonneg, gated = facts.get(r.path, (False, False))
-            nonneg = nonneg and _accepts(r.rule, "uses_input_signs", "nonneg")
-            gated = (gated and nonneg and not getattr(r.rule, "zero_bias", False)
-                     and _accepts(r.rule, "uses_output_gate", "gated"))
-            used = [fact for fact, holds in (("input >= 0", nonneg), ("gated", gated)) if holds]
-            rows.append(replace(r, proven=", ".join(used)))
-        return replace(self, rows=tuple(rows))
-
     def __str__(self) -> str:
         proven = any(r.proven for r in self.rows)
-        head = ("layer", "type", "rule", *(("proven",) if proven else ()), "note")
-        body = [(r.path or "(root)", r.type_name, r.rule_name, *((r.proven,) if proven else ()),
-                 r.note) for r in self.rows]
+        head = ("layer", "type", "kind", "rule", *(("proven",) if proven else ()), "where",
+                "note")
+        body = [(r.path or "(root)", r.type_name, r.kind, r.rule_name,
+                 *((r.proven,) if proven else ()), r.where, r.note) for r in self.rows]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
         lines = [f"composite: {self.composite}"] if self.composite else []
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
+        if self.structural:
+            moved = ", ".join(f"{name} x{n}" for name, n in self.structural)
+            lines.append(f"carried exactly (structural): {moved}")
         return "\n".join(line.rstrip() for line in lines)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / notebooks

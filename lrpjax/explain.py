@@ -19,13 +19,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
-from flax import nnx
 
-from . import jaxpr as jaxpr_frontend
-from . import linen as linen_frontend
-from . import nnx as nnx_frontend
-from . import signs
+from . import engine, facts, frontends
 from .composites import Composite
 from .coverage import Coverage
 
@@ -67,34 +62,48 @@ def _check_input(x: Any) -> Array:
     return x
 
 
-def forward_fn(model: Any, variables: Any = None) -> Callable[[Array], Array]:
-    """The plain forward ``x -> output`` of an NNX module, a Linen module or a callable."""
-    if isinstance(model, nn.Module):
-        if variables is None:
-            raise ValueError("a Linen module needs its variables: pass variables=...")
-        return lambda x: model.apply(variables, x)
-    if isinstance(model, nnx.Module) or callable(model):
-        if variables is not None and not isinstance(model, nnx.Module):
-            return lambda x: model(variables, x)
-        return model
-    raise TypeError(f"cannot explain an object of type {type(model).__name__}: "
-                    "pass an nnx.Module, a Linen module with variables, or a callable")
+def forward_fn(model: Any, variables: Any = None, *, params: Any = None,
+               model_kwargs: dict | None = None) -> Callable[[Array], Array]:
+    """The plain forward ``x -> output`` of any model :mod:`lrpjax.frontends` accepts."""
+    static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    return frontends.build(static, dynamic)
 
 
-def _lrp_fn(model: Any, variables: Any, composite: Composite, x: Array, strict: bool,
-            report_only: bool = False):
+def lrp_function(static: Any, dynamic: Any, composite: Composite, x: Array, *,
+                 strict: bool = True, on_unsupported: str = "raise", with_facts: bool = True
+                 ) -> tuple[Callable[[Array], Any], engine.Plan]:
+    """``(f, plan)``: ``f(x)`` equals the model's output and its VJP propagates relevance.
+
+    The model (``frontends.split``'s ``static, dynamic``) is traced once with its leaf module
+    calls marked, and :func:`lrpjax.engine.plan` gives each operation its rule.
+    """
     if not isinstance(composite, Composite):
         raise TypeError(f"composite must be an lrpjax Composite, got {type(composite).__name__}")
-    if isinstance(model, nn.Module):
-        if variables is None:
-            raise ValueError("a Linen module needs its variables: pass variables=...")
-        return linen_frontend.lrp_function(model, variables, composite, x, strict=strict)
-    if isinstance(model, nnx.Module):
-        return nnx_frontend.lrp_function(model, composite, x, strict=strict)
-    if callable(model):
-        return jaxpr_frontend.lrp_function(model, variables, composite, x, strict=strict,
-                                           on_unsupported="warn", _report_only=report_only)
-    raise TypeError(f"cannot explain an object of type {type(model).__name__}")
+    marks: list = []
+    token = frontends.new_token()
+    try:
+        closed, out_shape = jax.make_jaxpr(
+            lambda d, a: frontends.build(static, d, marks, token)(a), return_shape=True
+        )(dynamic, x)
+    except (engine.UnsupportedLayerError, TypeError):
+        raise
+    except Exception as err:  # a shape/dtype problem of the input, or a model error: say so
+        hint = ("; a module in training mode needs random numbers: explain it in inference "
+                "mode (NNX: model.eval(); Linen: model_kwargs such as {'train': False} or "
+                "deterministic=True)" if "PRNG" in str(err) or "Rng" in type(err).__name__
+                else "")
+        raise ValueError(
+            f"the model cannot be evaluated on an input of shape {tuple(x.shape)} and dtype "
+            f"{x.dtype}: {type(err).__name__}: {err}{hint}") from err
+    n = len(jax.tree.leaves(dynamic))
+    plan = engine.plan(closed, [False] * n + [True], composite, marks, token,
+                       on_unsupported=on_unsupported, strict=strict, with_facts=with_facts)
+    tree = jax.tree.structure(out_shape)
+
+    def f(a: Array) -> Any:
+        return jax.tree.unflatten(tree, engine.run(plan, [*jax.tree.leaves(dynamic), a]))
+
+    return f, plan
 
 
 def output_relevance_check(out: Any, target: Array) -> None:
@@ -138,19 +147,20 @@ def output_relevance(
     raise ValueError(f"output_relevance must be 'logit' or 'onehot', got {mode!r}")
 
 
-_STATIC_NAMES = ("composite", "mode", "strict", "target_fn")
-
-
 def relevance(
     model: Any, x: Array, *, composite: Composite, target: Target = None, variables: Any = None,
     params: Any = None, output_relevance: Literal["logit", "onehot"] = "logit",
     strict: bool = True, on_unsupported: Literal["raise", "warn"] = "raise",
+    model_kwargs: dict | None = None,
 ) -> Array:
     """LRP heatmaps R (shaped like x): relevance propagated from the output to the input.
 
     ``model``: an ``nnx.Module``; a Linen module with ``variables``; or any JAX function
-    ``fn(params, x)`` (or ``fn(x)``), explained through its jaxpr (:mod:`lrpjax.jaxpr`; primitives
-    without a rule raise, or warn with ``on_unsupported="warn"``).
+    ``fn(params, x)`` (or ``fn(x)``); a callable pytree. Every route runs one interpreter over
+    the model's jaxpr (:mod:`lrpjax.engine`): operations without a rule in :mod:`lrpjax.ops`
+    raise naming the primitive, layer path and source line, or warn once each and use the
+    plain gradient with ``on_unsupported="warn"``. ``model_kwargs``: keywords for a Flax
+    module's ``__call__`` (e.g. ``{"train": False}``).
     The output relevance is one-hot(target) x f(x) (so sum_i R_i ~ f_c(x) where rules
     conserve) or one-hot(target). Raises for unsupported layers unless ``strict=False``.
     Compiled once per model structure, composite and input shape (``jax.jit`` inside) and
@@ -165,33 +175,32 @@ def relevance(
         raise ValueError(f"output_relevance must be 'logit' or 'onehot', got {output_relevance!r}")
     if on_unsupported not in ("raise", "warn"):
         raise ValueError(f"on_unsupported must be 'raise' or 'warn', got {on_unsupported!r}")
+    if not strict:  # every operation and layer without a rule: its gradient, with a warning
+        on_unsupported = "warn"
     target_fn, target_arr = _split_target(target)
-    variables = _function_params(model, variables, params)
+    static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    _check_target(static, dynamic, x, target_arr)
+    return _relevance(dynamic, x, target_arr, static=static, composite=composite,
+                      mode=output_relevance, strict=strict, target_fn=target_fn,
+                      on_unsupported=on_unsupported, with_facts=facts.enabled())
+
+
+def _check_target(static: Any, dynamic: Any, x: Array, target_arr: Any) -> None:
     if target_arr is not None and _concrete(target_arr):
-        out = jax.eval_shape(forward_fn(model, variables), x)
+        out = jax.eval_shape(frontends.build(static, dynamic), x)
         output_relevance_check(out, target_arr)
-    static = {"composite": composite, "mode": output_relevance, "strict": strict,
-              "target_fn": target_fn}
-    if isinstance(model, nn.Module):
-        if variables is None:
-            raise ValueError("a Linen module needs its variables: pass variables=...")
-        return _linen_relevance(model, variables, x, target_arr, **static)
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        return _nnx_relevance(graphdef, state, x, target_arr, **static)
-    if callable(model):
-        return _fn_relevance(model, variables, x, target_arr, on_unsupported=on_unsupported,
-                             **static)
-    raise TypeError(f"cannot explain an object of type {type(model).__name__}: pass an "
-                    "nnx.Module, a Linen module with variables, or a function fn(params, x)")
 
 
-@partial(jax.jit, static_argnums=(0,), static_argnames=(*_STATIC_NAMES, "on_unsupported"))
-def _fn_relevance(fn: Callable, params: Any, x: Array, target_arr: Any, *, composite: Composite,
-                  mode: str, strict: bool, target_fn: Any, on_unsupported: str) -> Array:
-    f, _ = jaxpr_frontend.lrp_function(fn, params, composite, x, strict=strict,
-                                       on_unsupported=on_unsupported)
-    return _propagate(f, x, target_arr, target_fn, mode)
+@partial(jax.jit, static_argnames=("static", "composite", "mode", "strict", "target_fn",
+                                   "on_unsupported", "with_facts"))
+def _relevance(dynamic: Any, x: Array, target_arr: Any, *, static: Any, composite: Composite,
+               mode: str, strict: bool, target_fn: Any, on_unsupported: str,
+               with_facts: bool) -> Array:
+    f, _ = lrp_function(static, dynamic, composite, x, strict=strict,
+                        on_unsupported=on_unsupported, with_facts=with_facts)
+    y, pull = jax.vjp(f, x)
+    (R,) = pull(output_relevance(y, target_fn if target_fn is not None else target_arr, mode))
+    return R
 
 
 def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
@@ -206,100 +215,56 @@ def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
     return None, t
 
 
-def _propagate(fn: Callable, x: Array, target_arr: Any, target_fn: Any, mode: str) -> Array:
-    y, pull = signs.vjp(fn, x)  # with the cheaper forms that lrpjax.signs proves exact
-    target = target_fn if target_fn is not None else target_arr
-    (R,) = pull(output_relevance(y, target, mode))  # type: ignore[arg-type]
-    return R
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC_NAMES)
-def _nnx_relevance(graphdef: Any, state: Any, x: Array, target_arr: Any, *, composite: Composite,
-                   mode: str, strict: bool, target_fn: Any) -> Array:
-    fn, _ = nnx_frontend.lrp_function(nnx.merge(graphdef, state), composite, x, strict=strict)
-    return _propagate(fn, x, target_arr, target_fn, mode)
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=_STATIC_NAMES)
-def _linen_relevance(model: nn.Module, variables: Any, x: Array, target_arr: Any, *,
-                     composite: Composite, mode: str, strict: bool, target_fn: Any) -> Array:
-    fn, _ = linen_frontend.lrp_function(model, variables, composite, x, strict=strict)
-    return _propagate(fn, x, target_arr, target_fn, mode)
-
-
-def _function_params(model: Any, variables: Any, params: Any) -> Any:
-    """``params=`` is another name for a plain function's ``variables=`` (never ignored)."""
-    if params is None:
-        return variables
-    if isinstance(model, nnx.Module):
-        raise TypeError("params= is for a plain function fn(params, x); an NNX module carries "
-                        "its own parameters")
-    if isinstance(model, nn.Module):
-        raise TypeError("params= is for a plain function fn(params, x); pass a Linen module's "
-                        "variables as variables=")
-    if variables is not None:
-        raise ValueError("pass the function's parameters as params= or variables=, not both")
-    return params
-
-
 def gradient(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-             params: Any = None) -> Array:
-    """The gradient df_c/dx of the target output (callable targets give the output cotangent)."""
+             params: Any = None, model_kwargs: dict | None = None) -> Array:
+    """The gradient df_c/dx of the target output (callable targets give the output cotangent).
+
+    Compiled once per model structure and input shape, like :func:`relevance`.
+    """
     x = _check_input(x)
-    y, pull = jax.vjp(forward_fn(model, _function_params(model, variables, params)), x)
-    (g,) = pull(output_relevance(y, target, "onehot"))
+    target_fn, target_arr = _split_target(target)
+    static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    _check_target(static, dynamic, x, target_arr)
+    return _gradient(dynamic, x, target_arr, static=static, target_fn=target_fn)
+
+
+@partial(jax.jit, static_argnames=("static", "target_fn"))
+def _gradient(dynamic: Any, x: Array, target_arr: Any, *, static: Any, target_fn: Any) -> Array:
+    y, pull = jax.vjp(frontends.build(static, dynamic), x)
+    (g,) = pull(output_relevance(y, target_fn if target_fn is not None else target_arr,
+                                 "onehot"))
     return g
 
 
 def sensitivity(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-                params: Any = None) -> Array:
+                params: Any = None, model_kwargs: dict | None = None) -> Array:
     """Sensitivity analysis (Montavon et al. 2018, Sec. 4.1): R_i = (df_c/dx_i)^2."""
-    return jnp.square(gradient(model, x, target=target, variables=variables, params=params))
+    return jnp.square(gradient(model, x, target=target, variables=variables, params=params,
+                               model_kwargs=model_kwargs))
 
 
 def gradient_x_input(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-                     params: Any = None) -> Array:
+                     params: Any = None, model_kwargs: dict | None = None) -> Array:
     """Simple Taylor decomposition at the root 0 (Sec. 4.2): R_i = x_i df_c/dx_i."""
     x = _check_input(x)
-    return x * gradient(model, x, target=target, variables=variables, params=params)
+    return x * gradient(model, x, target=target, variables=variables, params=params,
+                        model_kwargs=model_kwargs)
 
 
-def describe(
-    model: Any, composite: Composite, x: Array, *, variables: Any = None, params: Any = None,
-    strict: bool = False,
-) -> Coverage:
-    """The coverage report: per layer path, layer type and the rule it gets (or "plain gradient"
-    and why), and the facts :mod:`lrpjax.signs` proved that let the rule use a cheaper exact
-    form ("input >= 0", "gated"). ``print(describe(...))`` shows a table."""
+def describe(model: Any, x: Array, *, composite: Composite, variables: Any = None,
+             params: Any = None, model_kwargs: dict | None = None,
+             strict: bool = False) -> Coverage:
+    """The coverage report of :func:`relevance`: every relevance-carrying operation in
+    forward order (layers and the glue between them), its kind, the rule it gets (or "plain
+    gradient" and why) and the user's source line. ``print(describe(...))`` shows a table;
+    operations without a rule are reported, not raised (``strict=True`` raises).
+    """
+    if isinstance(x, Composite):
+        raise TypeError("describe takes its arguments in the order relevance does: "
+                        "describe(model, x, composite=...)")
     x = _check_input(x)
-    variables = _function_params(model, variables, params)
-    _, coverage = _lrp_fn(model, variables, composite, x, strict)
-    return coverage.with_facts(_traced_facts(model, variables, composite, x, strict))
-
-
-def _traced_facts(model: Any, variables: Any, composite: Composite, x: Array,
-                  strict: bool) -> dict[str, tuple[bool, bool]]:
-    """``signs.layer_facts`` as :func:`relevance` sees them: parameters and x traced (a jit
-    argument proves nothing by its value), for the facts describe() reports."""
-    if isinstance(model, nnx.Module):
-        graphdef, params = nnx.split(model)
-
-        def build(p: Any) -> tuple[Any, Any]:
-            return nnx.merge(graphdef, p), None
-    else:
-        params = variables
-
-        def build(p: Any) -> tuple[Any, Any]:
-            return model, p
-    facts: dict[str, tuple[bool, bool]] = {}
-
-    def probe(p: Any, a: Array) -> Array:
-        fn, _ = _lrp_fn(*build(p), composite, a, strict, report_only=True)
-        facts.update(signs.layer_facts(fn, a))
-        return jnp.zeros(())
-
-    try:
-        jax.eval_shape(probe, params, x)
-    except Exception:  # noqa: BLE001 - the facts are extra information: report none
-        return {}
-    return facts
+    static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    _, plan = lrp_function(static, dynamic, composite, x, strict=strict,
+                           on_unsupported="raise" if strict else "ignore",
+                           with_facts=facts.enabled())
+    return plan.coverage(composite)

@@ -1,15 +1,13 @@
-"""LRP-aware building blocks: pooling, flattening and residual sums as Flax modules.
+"""Building blocks: pooling, flattening and residual sums as Flax modules.
 
-Interceptors and module views only see *modules*; a bare ``jnp.mean`` or ``x + y`` inside a
-``__call__`` is invisible to them. These small modules make pooling and residual adds visible,
-so the LRP front-ends can give them their proper rule (Montavon et al. 2018, Sec. 5.3):
+The engine (:mod:`lrpjax.engine`) sees every operation, so a bare ``jnp.mean``, ``x + y`` or
+``jax.nn.relu`` gets the same rule as these modules (Montavon et al. 2018, Sec. 5.3). The
+modules name the operation in :func:`lrpjax.describe` and let a composite target it by type:
 
 * ``AvgPool`` / ``SumPool`` -> ``Norm`` (proportional split R_j = a_j / sum_j a_j * R_k);
 * ``MaxPool`` -> winner-take-all (the plain gradient);
 * ``Add`` (residual sum) -> ``Norm``;
-* ``ReLU`` -> ``Pass`` (relevance passes unchanged, as in Zennit). A bare ``jax.nn.relu`` passes
-  the gradient instead, R * [z > 0]; both agree unless a rule that does not multiply by its
-  input (Flat, w^2) sits above the activation.
+* ``ReLU`` -> ``Pass`` (relevance passes unchanged, as in Zennit; so does a bare ReLU).
 
 Pooling uses a reshape (window == stride, no padding): on XLA:CPU this is much faster in the
 backward pass than ``flax.nnx.max_pool``'s select-and-scatter.
@@ -72,7 +70,7 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     blocks = _windows(x, window).transpose(0, 1, 3, 5, 2, 4)  # (N, H/w, W/w, C, w, w)
     blocks = blocks.reshape(*blocks.shape[:4], window * window)
     first = jnp.argmax(blocks, axis=-1)
-    return jnp.take_along_axis(blocks, first[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(blocks, first[..., None], axis=-1, mode="clip")[..., 0]
 
 
 def flatten(x: jax.Array) -> jax.Array:

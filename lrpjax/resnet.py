@@ -34,11 +34,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import layers
+from . import layers, layerwise
 from .composites import Composite
-from .coverage import assign_rules, classify
-from .explain import _check_input, _split_target, output_relevance
-from .nnx import call_order, lrp_view
+from .explain import output_relevance as output_relevance_fn
 
 __all__ = [
     "BasicBlock",
@@ -222,93 +220,33 @@ class RelevanceTrace:
         return "\n".join(lines)
 
 
-class _Slots:
-    """Python-side holder shared by the probes (static in the graph: hashed by identity)."""
-
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple] = {}
-        self.probes: tuple[dict, dict] | None = None
-
-
-class _Probe(nnx.Module):
-    def __init__(self, inner: nnx.Module, path: str, slots: _Slots):
-        self.inner = inner
-        self.path = path
-        self.slots = slots
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.slots.probes is None:  # shape pass
-            out = self.inner(*args, **kwargs)
-            self.slots.shapes[self.path] = (tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
-                                                  for a in args),
-                                            jax.ShapeDtypeStruct(out.shape, out.dtype))
-            return out
-        p_in, p_out = self.slots.probes
-        args = tuple(a + p for a, p in zip(args, p_in[self.path], strict=True))
-        return self.inner(*args, **kwargs) + p_out[self.path]
-
-
-def _sum(r: jax.Array) -> jax.Array:
+def _sum(r: np.ndarray) -> np.ndarray:
     return r.reshape(r.shape[0], -1).sum(axis=1)
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=("composite", "mode", "strict",
-                                                         "target_fn"))
-def _traced(graphdef, state, x, target_arr, *, composite, mode, strict, target_fn):
-    view, coverage = lrp_view(nnx.merge(graphdef, state), composite, x, strict=strict)
-    paths = {row.path for row in coverage.rows}
-    slots = _Slots()
-    probed = nnx.recursive_map(
-        lambda parts, node: _Probe(node, "/".join(map(str, parts)), slots)
-        if isinstance(node, nnx.Module) and "/".join(map(str, parts)) in paths else node, view)
-    jax.eval_shape(probed, x)
-    zeros = partial(jax.tree.map, lambda s: jnp.zeros(s.shape, s.dtype))
-    p_in = {k: zeros(v[0]) for k, v in slots.shapes.items()}
-    p_out = {k: zeros(v[1]) for k, v in slots.shapes.items()}
-
-    def run(x, p_in, p_out):
-        slots.probes = (p_in, p_out)
-        return probed(x)
-
-    y, pull = jax.vjp(run, x, p_in, p_out)
-    ct = output_relevance(y, target_fn if target_fn is not None else target_arr, mode)
-    r_x, g_in, g_out = pull(ct)
-    sums = {k: (sum(_sum(g) for g in g_in[k]), _sum(g_out[k])) for k in slots.shapes}
-    return sums, _sum(ct), r_x
 
 
 def layer_relevance(model: nnx.Module, x: jax.Array, *, composite: Composite,
                     target: Any = None, output_relevance: str = "logit",
                     strict: bool = True) -> RelevanceTrace:
-    """Relevance sums per sample at every layer of the LRP view of an NNX ``model``.
-
-    Same arguments as :func:`lrpjax.relevance`; ``print(layer_relevance(...))`` shows a table.
-    The heatmap's sum is ``.input``; a layer whose rule conserves has ``r_in == r_out``. A
-    module called several times reports the totals over its calls.
+    """Relevance sums per sample at every layer of ``model`` (:func:`lrpjax.layerwise.
+    layer_relevance`, summed). Same arguments as :func:`lrpjax.relevance`;
+    ``print(layer_relevance(...))`` shows a table. The heatmap's sum is ``.input``; a layer
+    whose rule conserves has ``r_in == r_out``. A module called several times reports the
+    totals over its calls.
     """
-    x = _check_input(x)
-    if not isinstance(composite, Composite):
-        raise TypeError(f"composite must be an lrpjax Composite, got {type(composite).__name__}")
-    target_fn, target_arr = _split_target(target)
-    graphdef, state = nnx.split(model)
-    sums, out, heatmap = _traced(graphdef, state, x, target_arr, composite=composite,
-                                 mode=output_relevance, strict=strict, target_fn=target_fn)
-    calls = call_order(model, x)
-    rules, _ = assign_rules(calls, composite, strict=strict)
-    rows, seen = [], set()
-    for path, module in calls:
-        if path in seen or path not in sums:
-            continue
-        seen.add(path)
-        row = rules[path]
-        r_in, r_out = sums[path]
-        rows.append(LayerRelevance(path, type(module).__name__,
-                                   type(row.rule).__name__ if row.rule is not None else
-                                   f"gradient ({classify(module)})",
-                                   np.asarray(r_out), np.asarray(r_in)))
-    heatmap = np.asarray(heatmap)
-    return RelevanceTrace(tuple(rows), np.asarray(out), heatmap.reshape(len(heatmap), -1).sum(1),
-                          heatmap)
+    calls, heatmap = layerwise.layer_relevance(model, x, composite=composite, target=target,
+                                               output_relevance_mode=output_relevance,
+                                               strict=strict)
+    totals: dict[str, list] = {}
+    for c in calls:
+        r_in = sum(_sum(r) for r in c.r_in)
+        t = totals.setdefault(c.path, [c, np.zeros_like(r_in), np.zeros_like(r_in)])
+        t[1], t[2] = t[1] + _sum(c.r_out), t[2] + r_in
+    rows = tuple(LayerRelevance(path, c.kind, type(c.rule).__name__ if c.rule is not None
+                                else f"gradient ({c.kind})", r_out, r_in)
+                 for path, (c, r_out, r_in) in totals.items())
+    y = np.asarray(nnx.merge(*nnx.split(model))(x))
+    out = _sum(np.asarray(output_relevance_fn(jnp.asarray(y), target, output_relevance)))
+    return RelevanceTrace(rows, out, _sum(heatmap), heatmap)
 
 
 # ---------------------------------------------------------------- end to end

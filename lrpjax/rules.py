@@ -9,7 +9,7 @@ float64 NumPy reference and against Zennit fixtures.
 Implementation notes. z+ and alpha-beta need the products W+- a+-, each computed directly:
 difference forms such as u = (W a + |W||a|)/2 lose all digits in float32 where u + b+ is nearly
 0 and s = R / stab(.) is huge (measured: 6e-4 relative error against the float64 reference
-instead of 3e-7). Where the sign analysis (:mod:`lrpjax.signs`) proves a layer's input >= 0,
+instead of 3e-7). Where the sign analysis (:mod:`lrpjax.facts`) proves a layer's input >= 0,
 a- = 0 and half of those products are skipped. Gamma's denominators contain z itself and stay
 far from 0, so it uses the difference form: one extra product and two transposes, or one
 transpose where the analysis also proves that no relevance reaches the layer's negative outputs.
@@ -150,7 +150,7 @@ class AlphaBeta:
         b_pos, b_neg = jnp.maximum(b, 0), jnp.minimum(b, 0)
         alpha, beta, eps = self.alpha, self.beta, self.epsilon
 
-        if nonneg[0]:  # a >= 0 proven (lrpjax.signs): a- = 0, so u = W+ a, v = W- a
+        if nonneg[0]:  # a >= 0 proven (lrpjax.facts): a- = 0, so u = W+ a, v = W- a
             u, T_pos = vjp_input(fwd, w_pos, a)
             r = alpha * a * T_pos(_divide(R, stabilize(u + b_pos, eps)))
             if beta:
@@ -197,7 +197,7 @@ class Gamma:
     Computed with one extra product and at most two transposes (instead of four and four):
     P a+ + M a- = W a + gamma u, M a+ + P a- = W a + gamma v with u, v = (W a +- |W| |a|) / 2,
     and R = (1 + gamma/2) a W^T (s_p + s_n) + gamma/2 |a| |W|^T (s_p - s_n). Where the sign
-    analysis (:mod:`lrpjax.signs`) proves a >= 0, u = W+ a, v = W a - u and
+    analysis (:mod:`lrpjax.facts`) proves a >= 0, u = W+ a, v = W a - u and
     R = a (P^T s_p + M^T s_n); where it also proves that no relevance can arrive at z < 0 (the
     layer feeds a ReLU whose zero outputs get zero relevance), s_n = 0 and R = a P^T s_p: one
     extra product and one transpose, 1.5x the gradient's work for the layer instead of 2x.
@@ -225,12 +225,12 @@ class Gamma:
         if self.zero_bias:
             z = fwd(p, a)
         b = _bias_out(fwd, p, a, z)
-        if nonneg[0]:  # a >= 0 proven (lrpjax.signs): a- = 0
+        if nonneg[0]:  # a >= 0 proven (lrpjax.facts): a- = 0
             w, (w_pos, _) = _zero_bias(p), _pos_neg(p)
             u = fwd(w_pos, a)  # W+ a
             s_p = self._quotient(z > 0, R, z + g * (u + jnp.maximum(b, 0)))
             _, P_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.maximum(k, 0)), a)
-            if gated and not self.zero_bias:  # R = 0 where z < 0 (lrpjax.signs): s_n = 0
+            if gated and not self.zero_bias:  # R = 0 where z < 0 (lrpjax.facts): s_n = 0
                 return (a * P_T(s_p),)  # (proven for z = Wa + b, not for the zero-bias Wa)
             s_n = self._quotient(z < 0, R, z + g * (z - b - u + jnp.minimum(b, 0)))  # W- a = Wa - u
             _, M_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.minimum(k, 0)), a)

@@ -86,7 +86,7 @@ def test_fold_keeps_outputs_and_original(kind):
     assert not any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_graph(folded))
     pairs = canonizers.batchnorm_pairs(model, x)
     assert pairs[0] == ("layers/0", "layers/1") and len(pairs) == len(stats)
-    rows = {r.path: r for r in lrpjax.describe(folded, C.EpsilonPlus(), x).rows}
+    rows = {r.path: r for r in lrpjax.describe(folded, x, composite=C.EpsilonPlus()).rows}
     assert rows["layers/1"].type_name == "Identity" and isinstance(rows["layers/1"].rule, R.Pass)
     with pytest.raises(UnsupportedLayerError, match="fold it"):
         lrpjax.relevance(model, x, composite=C.EpsilonPlus())

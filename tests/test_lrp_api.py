@@ -201,7 +201,7 @@ def test_targets_int_array_and_callable():
 
 def test_describe_positions_and_matchers():
     model, _, x = _cnn()
-    cov = lrpjax.describe(model, C.EpsilonPlusFlat(), x)
+    cov = lrpjax.describe(model, x, composite=C.EpsilonPlusFlat())
     rules = {row.path: type(row.rule).__name__ for row in cov.rows}
     assert rules == {"layers/0": "Flat", "layers/1": "Pass", "layers/2": "Norm",
                      "layers/3": "ZPlus", "layers/4": "Pass", "layers/5": "Norm",
@@ -210,10 +210,10 @@ def test_describe_positions_and_matchers():
     assert "Flat" in str(cov) and "layers/9" in str(cov) and not cov.fallbacks
     comp = C.Composite(C.last(R.Epsilon(0.0)), C.by_path({"layers/[03]": R.Gamma(0.1)}),
                        C.where(lambda path, m: R.ZPlus() if isinstance(m, nnx.Linear) else None))
-    rules = {row.path: row.rule for row in lrpjax.describe(model, comp, x).rows}
+    rules = {row.path: row.rule for row in lrpjax.describe(model, x, composite=comp).rows}
     assert rules["layers/9"] == R.Epsilon(0.0) and rules["layers/7"] == R.ZPlus()
     assert rules["layers/0"] == R.Gamma(0.1) == rules["layers/3"]
-    tut = {r.path: r.rule for r in lrpjax.describe(model, C.LRPTutorial(), x).rows}
+    tut = {r.path: r.rule for r in lrpjax.describe(model, x, composite=C.LRPTutorial()).rows}
     assert isinstance(tut["layers/0"], R.ZBox) and tut["layers/3"] == R.Gamma(0.1)
     assert tut["layers/7"] == R.Epsilon(0.1, rms=True) and tut["layers/9"] == R.Epsilon(0.0)
 
@@ -259,12 +259,14 @@ class WithLayerNorm(nnx.Module):
 def test_unsupported_layer_raises_unless_not_strict():
     model = WithLayerNorm()
     x = jnp.ones((2, 4))
-    with pytest.raises(UnsupportedLayerError, match="'norm' of type LayerNorm"):
+    # the engine walks into the LayerNorm and names the first operation it has no rule for
+    with pytest.raises(UnsupportedLayerError, match=r"'norm/[a-z_]+/\d+' \(test_lrp_api.py:"):
         lrpjax.relevance(model, x, composite=C.EpsilonPlus())
-    R_loose = lrpjax.relevance(model, x, composite=C.EpsilonPlus(), strict=False)
+    with pytest.warns(UserWarning, match="norm/"):
+        R_loose = lrpjax.relevance(model, x, composite=C.EpsilonPlus(), strict=False)
     assert np.all(np.isfinite(R_loose))
-    cov = lrpjax.describe(model, C.EpsilonPlus(), x)
-    assert [r.path for r in cov.fallbacks] == ["norm"]
+    cov = lrpjax.describe(model, x, composite=C.EpsilonPlus())
+    assert cov.fallbacks and all(r.path.startswith("norm/") for r in cov.fallbacks)
     assert "plain gradient" in str(cov)
     bn = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
                         nnx.BatchNorm(4, use_running_average=True, rngs=nnx.Rngs(0)))

@@ -77,7 +77,7 @@ def test_every_rule_product_follows_the_default_precision(specs, front_end):
 
 def test_eager_relevance_compiles_again_for_another_precision():
     call, comp, x = _setup()
-    fn = explain._nnx_relevance
+    fn = explain._relevance
     with jax.default_matmul_precision("highest"):
         R = call(lrpjax.relevance, x, composite=comp, target=1)
     n = fn._cache_size()

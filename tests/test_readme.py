@@ -30,3 +30,14 @@ def test_readme_explain_example_runs(tmp_path, monkeypatch, capsys):
     assert R.shape == x.shape == (8, 28, 28, 1) and np.all(np.isfinite(R))
     out = capsys.readouterr().out
     assert "ZBox" in out and "Gamma" in out
+
+
+def test_readme_operations_table_is_the_engines_own():
+    """The README's supported-operations table is generated from lrpjax.ops (no drift)."""
+    from lrpjax import ops
+
+    text = README.read_text()
+    begin, end = text.index(ops.TABLE_BEGIN), text.index(ops.TABLE_END) + len(ops.TABLE_END)
+    assert text[begin:end] == ops.markdown_table()
+    for prim in ("dot_general", "reduce_window_sum", "select_n", "stop_gradient"):
+        assert f"`{prim}`" in text[begin:end]

@@ -53,7 +53,7 @@ def test_structure_fold_and_coverage():
     pairs = dict(canonizers.batchnorm_pairs(model, x))
     assert pairs["stem"] == "stem_bn" and pairs["stages/1/0/proj"] == "stages/1/0/proj_bn"
     assert len(pairs) == 6  # stem + 2 per block + 1 projection
-    cov = lrpjax.describe(folded, C.EpsilonGammaBox(0.0, 1.0), x)
+    cov = lrpjax.describe(folded, x, composite=C.EpsilonGammaBox(0.0, 1.0))
     rules = {r.path: r.rule for r in cov.rows}
     assert not cov.fallbacks
     assert isinstance(rules["stem"], R.ZBox) and isinstance(rules["stages/1/0/proj"], R.Gamma)

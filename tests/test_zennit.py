@@ -83,7 +83,7 @@ def test_matches_zennit_float64(name, ruleset):
         x = jnp.asarray(data["x"])
         np.testing.assert_allclose(np.asarray(model(x)), data["logits"], rtol=1e-12, atol=1e-12)
         Rx = lrpjax.relevance(model, x, composite=comp, target=jnp.asarray(data["target"]))
-        coverage = lrpjax.describe(model, comp, x)
+        coverage = lrpjax.describe(model, x, composite=comp)
     # the same rule class reached every layer as in Zennit
     zennit_rules = [layer["rule"] for layer in meta["rulesets"][ruleset]["per_layer"]]
     ours = [type(row.rule).__name__ for row in coverage.rows]
