@@ -72,10 +72,19 @@ HANDLING: dict[str, str] = {
 }
 
 UNSUPPORTED_EXAMPLES = (
-    ("a product or quotient of two relevance-carrying values (x * x, attention scores q k^T, "
-     "A v, gates)"), "exp, log, sin, sqrt, pow and other nonlinear maps outside an activation",
-    "softmax, LayerNorm (they normalise by x)", "scan, while, fori_loop and cond over x",
-    "scatter-add and cumulative sums over x")
+    "exp, log, sin, sqrt, pow and other nonlinear maps outside an activation",
+    "a hand-written softmax (exp(x) / sum): use jax.nn.softmax",
+    "scan, while, fori_loop and cond over x", "scatter-add and cumulative sums over x")
+
+COMPOSITE_CHOICES = (
+    ("a product of two relevance-carrying values (`mul`, `div`, `dot_general`: x * x, "
+     "q k^T, A v, gate * up)", "kind product: raises unless the composite has a rule "
+     "(`transformer.AttnLRP()`: uniform split; `CPLRP()`: the values only)"),
+    ("`jax.nn.softmax`", "kind softmax: raises unless the composite has a rule (AttnLRP: "
+     "R = x (R - s sum R))"),
+    ("a normaliser, 1 / std of x (LayerNorm, RMSNorm)", "kind normalizer: with the "
+     "composite's rule held constant (AttnLRP's identity rule), else the product raises"),
+)
 
 
 def handling(primitive: str) -> str | None:
@@ -109,6 +118,7 @@ def table_rows() -> list[tuple[str, str]]:
             for how, prims in groups.items()]
     rows.append(("calls of `jax.nn." + "`, `".join(sorted(ACTIVATIONS)) + "`",
                  "relevance passes unchanged (kind activation)"))
+    rows += list(COMPOSITE_CHOICES)
     rows += [(what, "unsupported: raises (or warns with on_unsupported='warn')")
              for what in UNSUPPORTED_EXAMPLES]
     return rows

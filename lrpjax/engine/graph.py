@@ -181,7 +181,7 @@ def _activation_key(eqn: Any) -> tuple | None:
     frames, key = _frames(eqn), None
     for i, fr in enumerate(frames):  # innermost first: keep the outermost activation frame
         if (fr.file_name.endswith(os.path.join("jax", "_src", "nn", "functions.py"))
-                and fr.function_name in ops.ACTIVATIONS):
+                and (fr.function_name in ops.ACTIVATIONS or fr.function_name == "softmax")):
             caller = frames[i + 1] if i + 1 < len(frames) else fr
             key = (fr.function_name, caller.file_name, caller.line_num)
     return key

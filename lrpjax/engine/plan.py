@@ -12,6 +12,7 @@ from .. import ops
 from ..composites import Composite, LayerInfo
 from ..coverage import UnsupportedLayerError, classify
 from ..rules import Gradient
+from . import products
 from .graph import (
     MARK,
     Mark,
@@ -84,7 +85,8 @@ def plan(closed: Any, rel_in: list[bool], composite: Composite, marks: list[Mark
     return p
 
 
-def _plan_level(jaxpr: Any, rel_in: list[bool], ctx: _Ctx, prefix: str) -> _Level:
+def _plan_level(jaxpr: Any, rel_in: list[bool], ctx: _Ctx, prefix: str,
+                live_out: list[bool] | None = None) -> _Level:
     rel: dict = dict(zip(jaxpr.invars, rel_in, strict=True))
     dep: dict = dict(rel)
     eqns = jaxpr.eqns
@@ -101,17 +103,22 @@ def _plan_level(jaxpr: Any, rel_in: list[bool], ctx: _Ctx, prefix: str) -> _Leve
     uses.update(v for v in jaxpr.outvars if not _lit(v))
     R = lambda v: (not _lit(v)) and rel.get(v, False)
     _activation_groups(eqns, R, uses, level, ctx, prefix)
+    tag = products.origins(eqns, R, level)
+    live, consts = products.liveness(jaxpr, R, tag, ctx, live_out)
     for i, eqn in enumerate(eqns):
         if i in level.skip or i in level.actions or not deps[i]:
             continue
-        rins = [k for k, v in enumerate(eqn.invars) if R(v)]
+        if not any(v in live for v in eqn.outvars):
+            continue  # no relevance reaches it (a constant factor, a discarded value)
+        const = consts.get(i, set())
+        rins = [k for k, v in enumerate(eqn.invars) if R(v) and k not in const]
         if not rins or not any(_inexact(v) for v in eqn.outvars):
             continue  # indices, comparisons: no relevance
-        _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix)
+        _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts)
     return level
 
 
-def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix) -> None:
+def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts) -> None:
     name = eqn.primitive.name
     out = eqn.outvars[0]
     same = len(eqn.outvars) == 1 and _shape(eqn.invars[rins[0]]) == _shape(out)
@@ -122,8 +129,10 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix) -> None:
             return _plan_mark(i, eqn, label, body, R, level, ctx)
         if label in ops.ACTIVATIONS and len(rins) == 1 and same:
             return _single(i, eqn, "activation", label, rins, level, ctx, prefix)
-        level.actions[i] = _Call(_plan_call(eqn, body, R, ctx, prefix, (level, i)), body[0],
-                                 body[1])
+        if label == "softmax" and len(rins) == 1 and same:
+            return _single(i, eqn, "softmax", label, rins, level, ctx, prefix)
+        level.actions[i] = _Call(_plan_call(eqn, body, R, ctx, prefix, (level, i),
+                                            [v in live for v in eqn.outvars]), body[0], body[1])
         return None
     if name in ops.STOP:
         return None
@@ -134,11 +143,13 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix) -> None:
     if name in ops.ADDS and len(rins) == 2:
         return _single(i, eqn, "add", name, rins, level, ctx, prefix)
     if name in ops.AFFINE and len(rins) == 1 and same and not (name == "div" and rins != [0]):
-        return _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix)
+        return _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix, consts)
     if ((name in ops.ELEMENTWISE_ACTIVATIONS and same)
             or (name in ("max", "min") and len(rins) == 1 and same)
             or (name == "clamp" and rins == [1] and same)):
         return _single(i, eqn, "activation", name, rins, level, ctx, prefix)
+    if name in products.PRODUCTS and len(rins) >= 2 and products.rule_for(ctx, "product"):
+        return _single(i, eqn, "product", name, rins, level, ctx, prefix)
     if name in ops.SELECT:
         ctx.site("maxpool", name, eqn, prefix, rule=Gradient(), source="table")
         return None
@@ -146,8 +157,8 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix) -> None:
         ctx.structural[name] += 1
         return None
     what = "control flow" if name in ("scan", "while", "cond") else "operation"
-    kind = ("a product of relevance-carrying values" if name in ("mul", "div", "dot_general",
-                                                                 "conv_general_dilated") else "")
+    kind = ("a product of relevance-carrying values: composites.AttnLRP() has rules for "
+            "attention and gates" if name in products.PRODUCTS else "")
     ctx.unsupported(f"{what} {name!r}" + (f" ({kind})" if kind else ""), name, eqn, prefix)
     return None
 
@@ -199,8 +210,12 @@ def _plan_linear(i, eqn, eqns, k, R, uses, level, ctx, prefix) -> None:
                                                                 else ()), out, "linear", k)
 
 
-def _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix) -> None:
-    """A maximal chain of elementwise mul/div/neg/add/sub by constants, as one layer."""
+def _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix, held) -> None:
+    """A maximal chain of elementwise mul/div/neg/add/sub by constants, as one layer (a
+    constant may carry relevance elsewhere and be ``held`` constant here: a normaliser)."""
+    def flows(j: int) -> list[int]:
+        return [k for k, v in enumerate(eqns[j].invars) if R(v) and k not in held.get(j, ())]
+
     members, cur = [i], eqn.outvars[0]
     pos = {id(e): n for n, e in enumerate(eqns)}
     while uses[cur] == 1:
@@ -208,7 +223,7 @@ def _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix) -> None:
         if nxt is None:
             break
         name = nxt.primitive.name
-        rins = [k for k, v in enumerate(nxt.invars) if R(v)]
+        rins = flows(pos[id(nxt)])
         if (name not in ops.AFFINE or rins != [nxt.invars.index(cur)] or len(rins) != 1
                 or _shape(nxt.outvars[0]) != _shape(cur) or (name == "div" and rins != [0])):
             break
@@ -217,9 +232,9 @@ def _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix) -> None:
     shift = any(eqns[m].primitive.name in ("add", "sub") for m in members)
     op = "+".join(eqns[m].primitive.name for m in members)
     s = ctx.site("affine" if shift else "scale", op, eqn, prefix)
-    x = next(v for v in eqn.invars if R(v))
-    consts = tuple(dict.fromkeys(v for m in members for v in eqns[m].invars
-                                 if not _lit(v) and not R(v)))
+    x = eqn.invars[flows(i)[0]]
+    consts = tuple(dict.fromkeys(v for m in members for k, v in enumerate(eqns[m].invars)
+                                 if not _lit(v) and k not in flows(m)))
     level.skip.update(members[:-1])
     level.actions[members[-1]] = _Layer(s, tuple(members), (x,), consts, cur, "affine")
 
@@ -257,9 +272,11 @@ def _activation_groups(eqns, R, uses, level, ctx, prefix) -> None:
         used_outside = [v for v in inside if _used_outside(v, g, eqns, uses)]
         out = eqns[g[-1]].outvars[0] if len(eqns[g[-1]].outvars) == 1 else None
         if (len(xs) == 1 and used_outside == [out] and out is not None
-                and _shape(out) == _shape(xs[0])
+                and (_shape(out) == _shape(xs[0]) or keys[g[0]][0] == "softmax")
                 and not any(level.dep[j] for j in range(g[0], g[-1]) if j not in g)):
-            s = ctx.site("activation", keys[g[0]][0], eqns[g[0]], prefix)
+            name = keys[g[0]][0]
+            s = ctx.site("softmax" if name == "softmax" else "activation", name, eqns[g[0]],
+                         prefix)
             level.skip.update(g[:-1])
             level.actions[g[-1]] = _Layer(s, tuple(g), tuple(xs), consts, out, "eqns")
 
@@ -295,11 +312,12 @@ def _plan_mark(i, eqn, label, body, R, level, ctx) -> None:
 
 
 def _plan_call(eqn: Any, body: tuple, R: Callable, ctx: _Ctx, prefix: str,
-               parent: tuple) -> _Level:
+               parent: tuple, live_out: list[bool] | None = None) -> _Level:
     saved = ctx.outer, ctx.parent
     ctx.outer, ctx.parent = ctx.where(eqn), parent
     try:
-        return _plan_level(body[0], [R(v) for v in eqn.invars], ctx, _scope(eqn) or prefix)
+        return _plan_level(body[0], [R(v) for v in eqn.invars], ctx, _scope(eqn) or prefix,
+                           live_out)
     finally:
         ctx.outer, ctx.parent = saved
 

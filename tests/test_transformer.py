@@ -1,0 +1,136 @@
+"""AttnLRP and CP-LRP on the engine: tiny random transformers against an independent float64
+reference written the way AttnLRP's own library computes it (modified gradient x input:
+normaliser detached, products with halved gradients, activations with the identity rule)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lrpjax
+from lrpjax import transformer as T
+from lrpjax.coverage import UnsupportedLayerError
+
+SG = jax.lax.stop_gradient
+D, H, C = 8, 16, 3
+
+
+def init(seed: int, gated: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    w = lambda *s: rng.normal(size=s) / np.sqrt(s[0])  # noqa: E731
+    p = {"wq": w(D, D), "wk": w(D, D), "wv": w(D, D), "wo": w(D, D), "w1": w(D, H),
+         "w2": w(H, D), "head": w(D, C), "b1": rng.normal(size=H) * 0.1,
+         "g1": 1 + 0.1 * rng.normal(size=D), "c1": 0.1 * rng.normal(size=D),
+         "g2": 1 + 0.1 * rng.normal(size=D), "c2": 0.1 * rng.normal(size=D)}
+    if gated:
+        p["wg"] = w(D, H)
+    return jax.tree.map(jnp.asarray, p)
+
+
+def make(gated: bool, mode: str | None):
+    """The block; ``mode`` None: the model itself; "attn" / "cp": the reference's forms."""
+    def bilinear(spec, a, b, a_weight):
+        if mode == "attn":  # the gradient of each factor halved
+            return 0.5 * (jnp.einsum(spec, a, SG(b)) + jnp.einsum(spec, SG(a), b))
+        if mode == "cp" and a_weight:  # attention weights / gates held constant
+            return jnp.einsum(spec, SG(a), b)
+        return jnp.einsum(spec, a, b)
+
+    def act(f, x):  # the identity rule: value f(x), gradient f(x) / x
+        return f(x) if mode is None else x * SG(f(x) / x)
+
+    def norm(x, g, c):
+        xc = x - x.mean(-1, keepdims=True)
+        inv = jax.lax.rsqrt((xc ** 2).mean(-1, keepdims=True) + 1e-5)
+        return xc * (inv if mode is None else SG(inv)) * g + c
+
+    def f(p, x):
+        h = norm(x, p["g1"], p["c1"])
+        q, k, v = h @ p["wq"], h @ p["wk"], h @ p["wv"]
+        s = bilinear("ntd,nsd->nts", q, k, False) / np.sqrt(D)
+        a = jax.nn.softmax(s, axis=-1)
+        x = x + bilinear("nts,nsd->ntd", a, v, True) @ p["wo"]
+        h = norm(x, p["g2"], p["c2"])
+        if gated:  # SwiGLU: silu(gate) * up
+            u = bilinear("nth,nth->nth", act(jax.nn.silu, h @ p["wg"]), h @ p["w1"], True)
+        else:
+            u = act(jax.nn.gelu, h @ p["w1"] + p["b1"])
+        x = x + u @ p["w2"]
+        return x.mean(axis=1) @ p["head"]
+    return f
+
+
+def reference(gated: bool, mode: str, p: dict, x: jax.Array, target: int) -> jax.Array:
+    g = jax.grad(lambda a: make(gated, mode)(p, a)[:, target].sum())(x)
+    return x * g * 1.0  # relevance = input x modified gradient (output relevance: the logit)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("preset,mode", [(T.AttnLRP, "attn"), (T.CPLRP, "cp")])
+def test_matches_modified_gradient_reference_float64(gated, preset, mode):
+    with jax.enable_x64(True):
+        p = init(1, gated)
+        x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, D)))
+        # the initial relevance is one-hot x logit; the reference's gradient form starts at 1
+        R = lrpjax.relevance(make(gated, None), x, params=p, composite=preset(), target=1)
+        ref = reference(gated, mode, p, x, 1)
+        assert R.dtype == jnp.float64
+        err = float(jnp.max(jnp.abs(R - ref)) / jnp.max(jnp.abs(ref)))
+        assert err <= 1e-10, err
+        assert not np.allclose(ref, x * jax.grad(lambda a: make(gated, None)(p, a)[:, 1].sum())(x))
+
+
+def test_default_composites_refuse_attention_and_name_it():
+    p = init(1, False)
+    x = jnp.ones((2, 5, D))
+    with pytest.raises(UnsupportedLayerError, match="integer_pow.*make.<locals>.norm"):
+        lrpjax.relevance(make(False, None), x, params=p,  # LayerNorm's variance comes first
+                         composite=lrpjax.composites.EpsilonPlus(), target=0)
+    attention = lambda a: jnp.einsum("ntd,nsd->nts", a, a).sum(axis=(1, 2))[:, None]  # noqa
+    with pytest.raises(UnsupportedLayerError, match="product of relevance-carrying values"):
+        lrpjax.relevance(attention, x, composite=lrpjax.composites.EpsilonPlus(), target=0)
+
+
+def test_describe_shows_attention_rows():
+    p = init(1, True)
+    x = jnp.ones((2, 5, D))
+    cov = lrpjax.describe(make(True, None), x, params=p, composite=T.AttnLRP())
+    kinds = [r.kind for r in cov.rows]
+    assert kinds.count("product") == 3 and kinds.count("softmax") == 1  # qk, av, gate*up
+    assert "UniformProduct" in str(cov) and "SoftmaxTaylor" in str(cov)
+    assert not cov.fallbacks
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.ln = nnx.LayerNorm(D, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(2, D, decode=False, rngs=rngs)
+        self.rms = nnx.RMSNorm(D, rngs=rngs)
+        self.up = nnx.Linear(D, H, rngs=rngs)
+        self.down = nnx.Linear(H, D, rngs=rngs)
+        self.head = nnx.Linear(D, C, rngs=rngs)
+
+    def __call__(self, x):
+        x = x + self.attn(self.ln(x))
+        x = x + self.down(nnx.gelu(self.up(self.rms(x))))
+        return self.head(x.mean(axis=1))
+
+
+def test_flax_attention_and_norm_modules_on_every_route():
+    model = Block(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, D))
+    for preset in (T.AttnLRP(), T.CPLRP()):
+        R = lrpjax.relevance(model, x, composite=preset, target=2)
+        graphdef, state = nnx.split(model)
+        R_fn = lrpjax.relevance(lambda s, a: nnx.merge(graphdef, s)(a), x, params=state,
+                                composite=preset, target=2)
+        assert np.all(np.isfinite(R))
+        np.testing.assert_allclose(R, R_fn, rtol=1e-5, atol=1e-6 * float(jnp.abs(R).max()))
+    rows = lrpjax.describe(model, x, composite=T.AttnLRP()).rows
+    assert any(r.kind == "softmax" and r.path.startswith("attn/") for r in rows)
+    assert sum(r.kind == "product" and r.path.startswith("attn/") for r in rows) == 2
+    with pytest.raises(UnsupportedLayerError, match="'ln/square/"):  # LayerNorm's variance
+        lrpjax.relevance(model, x, composite=lrpjax.composites.EpsilonPlus(), target=2)
