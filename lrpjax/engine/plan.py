@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import ops
 from ..composites import Composite, LayerInfo
-from ..coverage import UnsupportedLayerError, classify
+from ..coverage import _KINDS, UnsupportedLayerError, classify
 from ..rules import Gradient
 from . import products
 from .graph import (
@@ -51,7 +51,9 @@ class _Ctx:
         return w if w != "?" else self.outer if self.outer != "?" else where(eqn)
 
     def site(self, kind: str, op: str, eqn: Any, prefix: str, **kw: Any) -> Site:
-        s = Site(f"{_scope(eqn) or prefix}{op}/{self.counter}", kind, op, self.where(eqn), **kw)
+        scope = _scope(eqn)
+        s = Site(f"{max(scope, prefix, key=len)}{op}/{self.counter}", kind, op,
+                 self.where(eqn), **kw)
         self.counter += 1
         self.sites.append(s)
         return s
@@ -127,9 +129,9 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts) -> 
         label = str(eqn.params.get("name", ""))
         if label.startswith(MARK):
             return _plan_mark(i, eqn, label, body, R, level, ctx)
-        if label in ops.ACTIVATIONS and len(rins) == 1 and same:
+        if label in ops.ACTIVATIONS and len(rins) == 1 and same and _from_nn(body, label):
             return _single(i, eqn, "activation", label, rins, level, ctx, prefix)
-        if label == "softmax" and len(rins) == 1 and same:
+        if label == "softmax" and len(rins) == 1 and same and _from_nn(body, label):
             return _single(i, eqn, "softmax", label, rins, level, ctx, prefix)
         level.actions[i] = _Call(_plan_call(eqn, body, R, ctx, prefix, (level, i),
                                             [v in live for v in eqn.outvars]), body[0], body[1])
@@ -139,7 +141,7 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts) -> 
     if name in ops.LINEAR and len(rins) == 1:
         return _plan_linear(i, eqn, eqns, rins[0], R, uses, level, ctx, prefix)
     if name in ops.SUMS and rins == [0]:
-        return _plan_sum(i, eqn, eqns, uses, level, ctx, prefix)
+        return _plan_sum(i, eqn, eqns, R, uses, level, ctx, prefix)
     if name in ops.ADDS and len(rins) == 2:
         return _single(i, eqn, "add", name, rins, level, ctx, prefix)
     if name in ops.AFFINE and len(rins) == 1 and same and not (name == "div" and rins != [0]):
@@ -148,7 +150,8 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts) -> 
             or (name in ("max", "min") and len(rins) == 1 and same)
             or (name == "clamp" and rins == [1] and same)):
         return _single(i, eqn, "activation", name, rins, level, ctx, prefix)
-    if name in products.PRODUCTS and len(rins) >= 2 and products.rule_for(ctx, "product"):
+    if (name in products.PRODUCTS and name != "div" and len(rins) >= 2
+            and products.rule_for(ctx, "product")):
         return _single(i, eqn, "product", name, rins, level, ctx, prefix)
     if name in ops.SELECT:
         ctx.site("maxpool", name, eqn, prefix, rule=Gradient(), source="table")
@@ -157,10 +160,19 @@ def _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts) -> 
         ctx.structural[name] += 1
         return None
     what = "control flow" if name in ("scan", "while", "cond") else "operation"
-    kind = ("a product of relevance-carrying values: composites.AttnLRP() has rules for "
-            "attention and gates" if name in products.PRODUCTS else "")
+    kind = ("a quotient of relevance-carrying values" if name == "div" and len(rins) >= 2
+            else "a product of relevance-carrying values: lrpjax.transformer.AttnLRP() has "
+            "rules for attention and gates" if name in products.PRODUCTS and len(rins) >= 2
+            else "broadcasting a relevance-carrying value" if not same else "")
     ctx.unsupported(f"{what} {name!r}" + (f" ({kind})" if kind else ""), name, eqn, prefix)
     return None
+
+
+def _from_nn(body: tuple, name: str) -> bool:
+    """A named call is jax.nn's ``name`` (not a user's function of that name): its equations
+    come from ``jax/_src/nn/functions.py``."""
+    keys = [_activation_key(e) for e in body[0].eqns]
+    return bool(keys) and any(k is not None and k[0] == name for k in keys)
 
 
 def _single(i, eqn, kind, op, rins, level, ctx, prefix) -> None:
@@ -170,7 +182,7 @@ def _single(i, eqn, kind, op, rins, level, ctx, prefix) -> None:
     level.actions[i] = _Layer(s, (i,), xs, consts, eqn.outvars[0], "eqns")
 
 
-def _plan_sum(i, eqn, eqns, uses, level, ctx, prefix) -> None:
+def _plan_sum(i, eqn, eqns, R, uses, level, ctx, prefix) -> None:
     """A sum, fused with a division by a constant that follows (an average: Norm acts on the
     mean, as for an average-pooling layer)."""
     out, members = eqn.outvars[0], (i,)
@@ -180,7 +192,8 @@ def _plan_sum(i, eqn, eqns, uses, level, ctx, prefix) -> None:
         if (nxt is not None and nxt.primitive.name in ("div", "mul") and nxt.invars.count(out) == 1
                 and _shape(nxt.outvars[0]) == _shape(out)
                 and (nxt.primitive.name == "mul" or nxt.invars[0] is out)
-                and all(_lit(v) or not v.aval.shape for v in nxt.invars if v is not out)):
+                and all(_lit(v) or (not v.aval.shape and not R(v))
+                        for v in nxt.invars if v is not out)):
             members = (i, j)
     s = ctx.site("avgpool", eqn.primitive.name if len(members) == 1 else "mean", eqn, prefix)
     last = eqns[members[-1]]
@@ -286,6 +299,9 @@ def _used_outside(v: Any, group: list[int], eqns: list, uses: Counter) -> bool:
     return uses[v] > inner
 
 
+_KNOWN_CALLS = {t.__call__ for types, _ in _KINDS for t in types}
+
+
 def _plan_mark(i, eqn, label, body, R, level, ctx) -> None:
     token, _, k = label[len(MARK):].rpartition("_")
     if token != ctx.token:
@@ -298,7 +314,9 @@ def _plan_mark(i, eqn, label, body, R, level, ctx) -> None:
     rins = [n for n, v in enumerate(eqn.invars) if R(v)]
     info = LayerInfo(path=mark.path, kind=kind, module_type=type(module), module=module)
     _, source = ctx.composite.rule_for(info)
-    whole = kind != "unsupported" and (kind not in ("dropout",) or source == "composite")
+    own = type(module).__call__ in _KNOWN_CALLS  # a subclass overriding __call__: walk it
+    whole = ((own and kind not in ("unsupported", "dropout"))  # a layer of known type
+             or (kind == "unsupported" and source == "composite"))  # the user's, claimed
     if whole and len(eqn.outvars) == 1 and len(rins) >= 1:
         s = Site(mark.path, kind, type(module).__name__, ctx.where(eqn), type(module), module)
         ctx.sites.append(s)
@@ -316,8 +334,8 @@ def _plan_call(eqn: Any, body: tuple, R: Callable, ctx: _Ctx, prefix: str,
     saved = ctx.outer, ctx.parent
     ctx.outer, ctx.parent = ctx.where(eqn), parent
     try:
-        return _plan_level(body[0], [R(v) for v in eqn.invars], ctx, _scope(eqn) or prefix,
-                           live_out)
+        return _plan_level(body[0], [R(v) for v in eqn.invars], ctx,
+                           max(_scope(eqn), prefix, key=len), live_out)
     finally:
         ctx.outer, ctx.parent = saved
 

@@ -56,8 +56,8 @@ def origins(eqns: list, R: Any, level: Any) -> dict:
             continue
         if name in _REDUCE:
             t = "normalizer"
-        elif name in _FOLLOW and ins:
-            t = ins[0]
+        elif (name in _FOLLOW or name in ("mul", "div", "neg", "select_n")) and len(ins) == 1:
+            t = ins[0]  # moved, scaled or masked by a constant: still the same kind of factor
         elif name in _ELEMENTWISE and ins and all(x == "normalizer" for x in ins):
             t = "normalizer"
         else:
