@@ -13,6 +13,7 @@ position among the linear layers (:func:`first`, :func:`last`), or by any callab
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,31 @@ class LayerInfo:
 Matcher = Callable[[LayerInfo], Any]
 
 
+def _name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or repr(obj)
+
+
+def _check_rule(rule: Any, where: str) -> Any:
+    """``rule`` if it is a rule (a callable instance, see :class:`lrpjax.core.Rule`), else a
+    TypeError that says ``where`` it came from."""
+    if isinstance(rule, type):
+        raise TypeError(f"{where}: got the class {rule.__name__}, not a rule: pass an instance, "
+                        f"e.g. {rule.__name__}()")
+    if not callable(rule):
+        raise TypeError(f"{where}: got {rule!r} (a {type(rule).__name__}), not a rule: expected "
+                        "an lrpjax rule such as rules.Epsilon() (or None from a matcher)")
+    return rule
+
+
+def _check_table(table: Mapping[Any, Any], what: str) -> tuple:
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{what} takes a mapping, got {type(table).__name__}")
+    for key, rule in table.items():
+        if rule is not None:
+            _check_rule(rule, f"{what}, the rule for {key!r}")
+    return tuple(table.items())
+
+
 @dataclass(frozen=True)
 class _ByType:
     table: tuple[tuple[Any, Any], ...]
@@ -84,7 +110,10 @@ class _ByType:
 
 def by_type(table: Mapping[Any, Any]) -> Matcher:
     """Rules by layer kind ("dense", "conv", "avgpool", ...) or by module class (incl. subclasses)."""
-    return _ByType(tuple(table.items()))
+    for key in table if isinstance(table, Mapping) else ():
+        if not isinstance(key, (str, type)):
+            raise TypeError(f"by_type keys are layer kinds (str) or module classes, got {key!r}")
+    return _ByType(_check_table(table, "by_type"))
 
 
 @dataclass(frozen=True)
@@ -100,7 +129,10 @@ class _ByPath:
 
 def by_path(table: Mapping[str, Any]) -> Matcher:
     """Rules by glob on the layer path, e.g. ``{"features/*": ZPlus(), "dense3": Epsilon(0)}``."""
-    return _ByPath(tuple(table.items()))
+    for key in table if isinstance(table, Mapping) else ():
+        if not isinstance(key, str):
+            raise TypeError(f"by_path keys are glob strings, got {key!r}")
+    return _ByPath(_check_table(table, "by_path"))
 
 
 @dataclass(frozen=True)
@@ -117,12 +149,12 @@ class _Position:
 
 def first(rule: Any) -> Matcher:
     """The rule for the first linear layer in forward order (the input layer)."""
-    return _Position(rule, 0)
+    return _Position(_check_rule(rule, "first()"), 0)
 
 
 def last(rule: Any) -> Matcher:
     """The rule for the last linear layer in forward order (the output layer)."""
-    return _Position(rule, -1)
+    return _Position(_check_rule(rule, "last()"), -1)
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,8 @@ class _Where:
 
 def where(fn: Callable[[str, Any], Any]) -> Matcher:
     """Rules from any callable ``fn(path, module) -> Rule | None``."""
+    if not callable(fn):
+        raise TypeError(f"where() takes a callable fn(path, module), got {fn!r}")
     return _Where(fn)
 
 
@@ -157,14 +191,20 @@ class Composite:
     name: str = "Composite"
 
     def __init__(self, *matchers: Matcher, name: str = "Composite"):
+        for k, m in enumerate(matchers):
+            if not callable(m) or isinstance(m, type):
+                raise TypeError(f"Composite: matcher {k} is {m!r}, not a callable LayerInfo -> "
+                                "rule or None (wrap a rule with by_type, by_path, first, last)")
         object.__setattr__(self, "matchers", tuple(matchers))
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "name", str(name))
 
     def rule_for(self, info: LayerInfo) -> tuple[Any, str]:
         """Return ``(rule, source)``; source is "composite", "default" or "unsupported"."""
         for matcher in self.matchers:
             rule = matcher(info)
             if rule is not None:
+                _check_rule(rule, f"matcher {_name(matcher)} of {self.name}, for layer "
+                                  f"{info.path!r} (kind {info.kind})")
                 return rule, "composite"
         rule = default_rule(info)
         return (rule, "default") if rule is not None else (None, "unsupported")
@@ -174,6 +214,17 @@ class Composite:
 
 
 # ------------------------------------------------------------------ presets
+def _preset(fn: Callable[..., Composite]) -> Callable[..., Composite]:
+    """Build every rule when the preset is called; a bad parameter raises naming the preset."""
+    @functools.wraps(fn)
+    def build(*args: Any, **kwargs: Any) -> Composite:
+        try:
+            return fn(*args, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{fn.__name__}: {err}") from err
+    return build
+
+
 @dataclass(frozen=True)
 class _FirstConv:
     rule: Any
@@ -182,22 +233,27 @@ class _FirstConv:
         return self.rule if info.kind == "conv" and info.index == 0 else None
 
 
+@_preset
 def Uniform(rule: Any) -> Composite:
     """The same rule on every dense and convolutional layer."""
+    _check_rule(rule, "Uniform()")
     return Composite(by_type({"dense": rule, "conv": rule}), name=f"Uniform[{rule}]")
 
 
+@_preset
 def EpsilonPlus(epsilon: float = 1e-6) -> Composite:
     """z+ on convolutions, epsilon on dense layers."""
     return Composite(by_type({"conv": ZPlus(), "dense": Epsilon(epsilon)}), name="EpsilonPlus")
 
 
+@_preset
 def EpsilonPlusFlat(epsilon: float = 1e-6) -> Composite:
     """Flat on the first layer, z+ on convolutions, epsilon on dense layers."""
     return Composite(first(Flat()), by_type({"conv": ZPlus(), "dense": Epsilon(epsilon)}),
                      name="EpsilonPlusFlat")
 
 
+@_preset
 def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1e-6) -> Composite:
     """z^B on the first convolution, gamma on the other convolutions, epsilon on dense layers.
 
@@ -209,29 +265,35 @@ def EpsilonGammaBox(low: Any, high: Any, gamma: float = 0.25, epsilon: float = 1
                      name="EpsilonGammaBox")
 
 
+@_preset
 def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> Composite:
     """alpha2-beta1 on convolutions, epsilon on dense layers."""
     return Composite(by_type({"conv": AlphaBeta(2.0, 1.0), "dense": Epsilon(epsilon)}),
                      name="EpsilonAlpha2Beta1")
 
 
+@_preset
 def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6) -> Composite:
     """Flat on the first layer, alpha2-beta1 on convolutions, epsilon on dense layers."""
     return Composite(first(Flat()), by_type({"conv": AlphaBeta(2.0, 1.0), "dense": Epsilon(epsilon)}),
                      name="EpsilonAlpha2Beta1Flat")
 
 
+@_preset
 def AlphaBetaAll(alpha: float, beta: float) -> Composite:
     """alpha-beta on every dense and convolutional layer (alpha - beta = 1)."""
-    return Composite(by_type({"dense": AlphaBeta(alpha, beta), "conv": AlphaBeta(alpha, beta)}),
-                     name=f"Alpha{alpha:g}Beta{beta:g}")
+    rule = AlphaBeta(alpha, beta)
+    return Composite(by_type({"dense": rule, "conv": rule}),
+                     name=f"Alpha{rule.alpha:g}Beta{rule.beta:g}")
 
 
+@_preset
 def Alpha1Beta0() -> Composite:
     """The paper's default (Sec. 6): LRP-alpha1-beta0 (= z+) on every layer."""
     return AlphaBetaAll(1.0, 0.0)
 
 
+@_preset
 def DeepTaylor(low: Any = None, high: Any = None) -> Composite:
     """Deep Taylor decomposition for ReLU nets (Montavon et al. 2017): z+ on hidden layers,
     and at the input z^B for a pixel box [low, high] (or z+ when no box is given)."""
@@ -242,21 +304,24 @@ def DeepTaylor(low: Any = None, high: Any = None) -> Composite:
     return Composite(*matchers, name="DeepTaylor")
 
 
+@_preset
 def LRPTutorial(low: Any = -1.0, high: Any = 1.0, gamma: float = 0.1, epsilon: float = 0.1) -> Composite:
     """The LRP tutorial composite (Montavon et al. 2019): LRP-0 on the top layer, epsilon =
     ``epsilon`` x RMS(z) on the upper middle layers, gamma on the lower middle layers, z^B at the
     input. The middle layers 1..L-2 are split in half, the lower floor((L-2)/2) getting gamma:
     784-300-100-10 MLP -> z^B, eps, LRP-0; 4 linear layers -> z^B, gamma, eps, LRP-0."""
 
+    box, top, lower, upper = ZBox(low, high), Epsilon(0.0), Gamma(gamma), Epsilon(epsilon, rms=True)
+
     def rule(info: LayerInfo) -> Any:
         if not info.is_linear:
             return None
         i, n = info.index, info.n_linear
         if i == 0:
-            return ZBox(low, high)
+            return box
         if i == n - 1:
-            return Epsilon(0.0)
+            return top
         n_gamma = (n - 2) // 2
-        return Gamma(gamma) if i <= n_gamma else Epsilon(epsilon, rms=True)
+        return lower if i <= n_gamma else upper
 
     return Composite(rule, name="LRPTutorial")

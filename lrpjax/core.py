@@ -14,17 +14,24 @@ Parameters are explicit arguments of ``fwd`` (never closed over), so the same co
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
-__all__ = ["LayerFn", "Rule", "apply_rule", "is_bias_path", "map_params", "rule_keywords",
-           "vjp_input"]
+__all__ = ["LayerFn", "Rule", "apply_rule", "check", "checked_jit", "checks", "checks_enabled",
+           "dispatch", "is_bias_path", "map_params", "rule_keywords", "vjp_input", "watching"]
+
+_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("lrpjax_checks", default=False)
+_WATCH: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("lrpjax_watch",
+                                                                     default=None)
 
 Array = jax.Array
 Params = Any
@@ -55,9 +62,13 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
     Forward: z = fwd(params, *inputs). Backward: (R_in_1, ..., R_in_n) = rule(fwd, params,
     inputs, z, R_out), and zero cotangents for ``params``. ``name`` (the layer path) labels the
     call in errors; ``facts`` (``{"nonneg": (bool, ...), "gated": bool}``, proven by
-    :mod:`lrpjax.facts`) reach the rule where it opts in.
+    :mod:`lrpjax.facts`) reach the rule where it opts in. Inside :func:`watching` a layer it
+    names runs its rule's input check, ``rule.check_inputs(inputs)`` (z^B: inside the box).
     """
     known = rule_keywords(rule, facts or {})
+    watch = _WATCH.get()
+    if watch is not None and name in watch[0] and hasattr(rule, "check_inputs"):
+        _check_inputs(rule, name, inputs, watch[1])
 
     @jax.custom_vjp
     def layer(p: Params, *xs: Array) -> Array:
@@ -78,6 +89,82 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
 
     layer.defvjp(layer_fwd, layer_bwd)
     return layer(params, *inputs)
+
+
+@contextlib.contextmanager
+def checks(on: bool = True) -> Iterator[None]:
+    """While tracing inside, :func:`check` emits ``jax.experimental.checkify`` checks.
+
+    A function traced with checks on must be run through ``checkify.checkify`` (JAX says so
+    otherwise); :func:`dispatch` does that itself for concrete inputs that fail a check.
+    """
+    token = _CHECKS.set(bool(on))
+    try:
+        yield
+    finally:
+        _CHECKS.reset(token)
+
+
+@contextlib.contextmanager
+def watching(paths: Any) -> Iterator[list]:
+    """Inside, :func:`apply_rule` runs the input check of the rules at the layer ``paths``: a
+    checkify check when :func:`checks` are on, and a flag (True: passed) appended to the list
+    this yields, for a caller that reads it without ``checkify``."""
+    flags: list = []
+    token = _WATCH.set((frozenset(paths), flags))
+    try:
+        yield flags
+    finally:
+        _WATCH.reset(token)
+
+
+def _check_inputs(rule: Any, name: str, inputs: tuple, flags: list) -> None:
+    """``rule.check_inputs(inputs)`` gives the bad entries of the first input (flat bool) and
+    why they are bad; the flag and the check name the rule, the layer, a value and its row."""
+    bad, why = rule.check_inputs(inputs)
+    a = inputs[0]
+    k = jnp.argmax(bad)
+    flags.append(~jnp.any(bad))
+    label = f"{rule!r} at layer '{name}'".replace("{", "{{").replace("}", "}}")
+    check(~jnp.any(bad), label + ": its input {value} (row {row}) " + why,
+          value=a.reshape(-1)[k], row=k // max(1, a.size // max(1, a.shape[0])))
+
+
+def checks_enabled() -> bool:
+    """Whether :func:`check` emits checks (inside :func:`checks`)."""
+    return _CHECKS.get()
+
+
+def check(pred: Any, msg: str, **fmt: Any) -> None:
+    """``checkify.check(pred, msg, **fmt)`` when checks are on, else nothing."""
+    if _CHECKS.get():
+        checkify.check(pred, msg, **fmt)
+
+
+def dispatch(plain: Callable, checked_fn: Callable, args: tuple, checked: bool,
+             **static: Any) -> Any:
+    """Run ``plain(*args, checked=, report=, **static)``, a jitted program of the explain API.
+
+    Concrete arguments: the program also reports whether every check holds; if one fails, the
+    checkified twin ``checked_fn`` (:func:`checked_jit`, compiled only then) says which, as a
+    ValueError. Traced arguments: the plain program, its checks emitted when ``checked``.
+    """
+    if not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(args)):
+        out, ok = plain(*args, checked=False, report=True, **static)
+        if not isinstance(out, jax.core.Tracer):  # else: concrete values inside a trace
+            if not bool(ok):
+                msg = checked_fn(*args, **static)[0].get() or "a check failed (no message)"
+                raise ValueError(msg.removesuffix(" (`check` failed)"))
+            return out
+    return plain(*args, checked=bool(checked), report=False, **static)
+
+
+def checked_jit(impl: Callable, names: tuple[str, ...]) -> Callable:
+    """``jax.jit`` of ``checkify.checkify(impl)`` with its checks on: returns ``(err, out)``."""
+    def run(*args: Any, **static: Any) -> tuple:
+        body = functools.partial(impl, checked=True, report=False, **static)
+        return checkify.checkify(body, errors=checkify.user_checks)(*args)
+    return jax.jit(run, static_argnames=names)
 
 
 def rule_keywords(rule: Any, facts: dict) -> dict[str, Any]:

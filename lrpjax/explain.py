@@ -8,19 +8,28 @@ Linen module together with ``variables``, or (for the gradient methods) any call
 Targets (which output is explained): ``None`` = the predicted class, an ``int``, an int array
 with one class per sample, or a callable ``output -> initial relevance`` (same shape as the
 output).
+
+Precision and bad inputs. Half-precision inputs (float16, bfloat16) and half-precision parameters
+are computed in float32 and the heatmap is float32 (a Flax module that fixes its computation
+``dtype`` keeps it inside its layers). Called with concrete arrays, every function raises a
+ValueError for an out-of-range target, a non-finite or empty input, an input outside the box of
+a z^B rule on the input layer, or a heatmap row that is not finite where x and f(x) are (an
+overflow). Under ``jax.jit`` / ``jax.vmap`` nothing can raise: a row whose target is out of
+range or whose input is not finite comes back as NaN, and overflows stay inf. ``checked=True``
+adds ``jax.experimental.checkify`` checks for all of the above; run the jitted function through
+``checkify.checkify`` and call ``err.throw()``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import engine, facts, frontends
+from . import core, engine, facts, frontends
 from .composites import Composite
 from .coverage import Coverage
 
@@ -56,6 +65,8 @@ def _check_input(x: Any) -> Array:
                         "(convert images to float, e.g. x / 255)")
     if x.ndim < 2:
         raise ValueError(f"x must have a leading batch axis (N, ...), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}): nothing to explain")
     x = jnp.asarray(x)
     if _concrete(x) and not _all_finite(x):
         raise ValueError("x contains NaN or infinite values")
@@ -114,7 +125,10 @@ def output_relevance_check(out: Any, target: Array) -> None:
 def output_relevance(
     y: Array, target: Target = None, mode: Literal["logit", "onehot"] = "logit"
 ) -> Array:
-    """The relevance put on the output: one-hot(target) x logit ("logit") or one-hot ("onehot")."""
+    """The relevance put on the output: one-hot(target) x logit ("logit") or one-hot ("onehot").
+
+    A traced int target out of range gives a NaN row (a concrete one raises).
+    """
     if callable(target):
         r = jnp.asarray(target(y))
         if r.shape != y.shape:
@@ -140,6 +154,8 @@ def output_relevance(
                 raise ValueError(f"target {bad.tolist()} out of range for {k} classes")
         idx = jnp.broadcast_to(idx, (n,))
     onehot = jax.nn.one_hot(idx, k, dtype=y.dtype)
+    if target is not None:  # a traced target out of range: a NaN row (concrete ones raised)
+        onehot = jnp.where(((idx >= 0) & (idx < k))[:, None], onehot, jnp.nan)
     if mode == "logit":
         return onehot * y
     if mode == "onehot":
@@ -151,7 +167,7 @@ def relevance(
     model: Any, x: Array, *, composite: Composite, target: Target = None, variables: Any = None,
     params: Any = None, output_relevance: Literal["logit", "onehot"] = "logit",
     strict: bool = True, on_unsupported: Literal["raise", "warn"] = "raise",
-    model_kwargs: dict | None = None,
+    model_kwargs: dict | None = None, checked: bool = False,
 ) -> Array:
     """LRP heatmaps R (shaped like x): relevance propagated from the output to the input.
 
@@ -163,6 +179,10 @@ def relevance(
     module's ``__call__`` (e.g. ``{"train": False}``).
     The output relevance is one-hot(target) x f(x) (so sum_i R_i ~ f_c(x) where rules
     conserve) or one-hot(target). Raises for unsupported layers unless ``strict=False``.
+    Half-precision inputs or parameters are computed in float32 (float32 heatmap). Concrete
+    inputs are checked (see the module docstring: out-of-range targets, non-finite inputs,
+    inputs outside a z^B box, overflow); under ``jax.jit`` invalid rows are NaN, and
+    ``checked=True`` adds ``checkify`` checks instead.
     Compiled once per model structure, composite and input shape (``jax.jit`` inside) and
     matmul precision: on Ampere and later GPUs JAX's default float32 products are TF32, which
     moved heatmaps by 2e-4 (small nets) to 0.17 (random VGG-16) on an H100; call inside
@@ -179,10 +199,12 @@ def relevance(
         on_unsupported = "warn"
     target_fn, target_arr = _split_target(target)
     static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    x, dynamic = _float32_for_half(x, dynamic)
     _check_target(static, dynamic, x, target_arr)
-    return _relevance(dynamic, x, target_arr, static=static, composite=composite,
-                      mode=output_relevance, strict=strict, target_fn=target_fn,
-                      on_unsupported=on_unsupported, with_facts=facts.enabled())
+    return core.dispatch(_relevance, _relevance_checked, (dynamic, x, target_arr), checked,
+                     static=static, composite=composite, mode=output_relevance, strict=strict,
+                     target_fn=target_fn, on_unsupported=on_unsupported,
+                     with_facts=facts.enabled())
 
 
 def _check_target(static: Any, dynamic: Any, x: Array, target_arr: Any) -> None:
@@ -191,16 +213,96 @@ def _check_target(static: Any, dynamic: Any, x: Array, target_arr: Any) -> None:
         output_relevance_check(out, target_arr)
 
 
-@partial(jax.jit, static_argnames=("static", "composite", "mode", "strict", "target_fn",
-                                   "on_unsupported", "with_facts"))
-def _relevance(dynamic: Any, x: Array, target_arr: Any, *, static: Any, composite: Composite,
-               mode: str, strict: bool, target_fn: Any, on_unsupported: str,
-               with_facts: bool) -> Array:
-    f, _ = lrp_function(static, dynamic, composite, x, strict=strict,
-                        on_unsupported=on_unsupported, with_facts=with_facts)
-    y, pull = jax.vjp(f, x)
-    (R,) = pull(output_relevance(y, target_fn if target_fn is not None else target_arr, mode))
-    return R
+_HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def _float32_for_half(x: Array, dynamic: Any) -> tuple[Array, Any]:
+    """x and the floating parameters as float32 where they are float16 / bfloat16."""
+    def up(a: Any) -> Any:
+        return a.astype(jnp.float32) if getattr(a, "dtype", None) in _HALF else a
+    return up(x), jax.tree.map(up, dynamic)
+
+
+def _x_rows(x: Array) -> Array:
+    """Per row of x: finite (a check under :func:`lrpjax.core.checks`)."""
+    x_ok = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    core.check(jnp.all(x_ok), "x row {i} contains NaN or infinite values", i=jnp.argmin(x_ok))
+    return x_ok
+
+
+def _target_rows(x: Array, y: Any, target_arr: Any) -> Array | None:
+    """Per row: a valid class target (a check); None where no int target applies."""
+    n = x.shape[0]
+    if target_arr is None or getattr(y, "ndim", 0) != 2 or y.shape[0] != n:
+        return None
+    t = jnp.broadcast_to(target_arr, (n,))
+    t_ok = (t >= 0) & (t < y.shape[1])
+    i = jnp.argmin(t_ok)
+    core.check(jnp.all(t_ok), f"target {{t}} at row {{i}} is out of range for {y.shape[1]} "
+               "classes", t=t[i], i=i)
+    return t_ok
+
+
+def _pull_scaled(pull: Callable, r: Array) -> Array:
+    """pull(r) computed as pull(r 2^-k) 2^k with max |r 2^-k| <= 1: every rule is linear in the
+    relevance and powers of two scale exactly, so only overflow of intermediate quotients
+    R / stab(z) (up to R / epsilon) is avoided. k <= half the dtype's exponent range."""
+    m = jnp.max(jnp.where(jnp.isfinite(r), jnp.abs(r), 0))
+    k_max = jnp.finfo(r.dtype).maxexp // 2
+    k = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(m, 1))), 0, k_max).astype(jnp.int32)
+    one = jnp.ones((), r.dtype)
+    (R,) = pull(r * jnp.ldexp(one, -k))
+    return R * jnp.ldexp(jnp.ones((), R.dtype), k)
+
+
+def _finish(R: Array, x: Array, y: Any, x_ok: Array, t_ok: Array | None,
+            what: str) -> tuple[Array, Array]:
+    """The overflow check (under :func:`lrpjax.core.checks`: R finite where x and f(x) are),
+    then NaN rows where the input is not finite or the target is out of range. Returns that
+    and whether every check holds."""
+    n = x.shape[0]
+    ok = x_ok if t_ok is None else x_ok & t_ok
+    if getattr(y, "ndim", 0) >= 1 and y.shape[0] == n:
+        f_ok = jnp.all(jnp.isfinite(y.reshape(n, -1)), axis=1)
+    else:
+        f_ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(y)]))
+    bad = ok & f_ok & ~jnp.all(jnp.isfinite(R.reshape(n, -1)), axis=1)
+    core.check(~jnp.any(bad), f"the {what} of row {{i}} is not finite although x and f(x) "
+               f"are: a value overflowed its dtype (the heatmap is {R.dtype}); rescale the "
+               "input or the model, or compute in float64 (jax_enable_x64)", i=jnp.argmax(bad))
+    return (jnp.where(ok.reshape(n, *[1] * (R.ndim - 1)), R, jnp.nan),
+            jnp.all(ok) & ~jnp.any(bad))
+
+
+_REL_STATIC = ("static", "composite", "mode", "strict", "target_fn", "on_unsupported",
+               "with_facts")
+
+
+def _relevance_impl(dynamic: Any, x: Array, target_arr: Any, *, static: Any,
+                    composite: Composite, mode: str, strict: bool, target_fn: Any,
+                    on_unsupported: str, with_facts: bool, checked: bool,
+                    report: bool) -> Array | tuple[Array, Array]:
+    with core.checks(checked):
+        f, plan = lrp_function(static, dynamic, composite, x, strict=strict,
+                               on_unsupported=on_unsupported, with_facts=with_facts)
+        first = [s.path for s in plan.sites if s.kind in ("dense", "conv")][:1]
+
+        def f_flags(a: Array) -> tuple[Any, list]:
+            with core.watching(first) as flags:  # the input layer's rule checks x (z^B's box)
+                return f(a), flags
+
+        x_ok = _x_rows(x)
+        y, pull, flags = jax.vjp(f_flags, x, has_aux=True)
+        t_ok = _target_rows(x, y, target_arr)
+        r = output_relevance(y, target_fn if target_fn is not None else target_arr, mode)
+        if t_ok is not None:
+            r = jnp.where(t_ok[:, None], r, 0)  # NaN rows: set again at the end
+        R, ok = _finish(_pull_scaled(pull, r), x, y, x_ok, t_ok, "relevance")
+        return (R, ok & jnp.all(jnp.array([True, *flags]))) if report else R
+
+
+_relevance = jax.jit(_relevance_impl, static_argnames=(*_REL_STATIC, "checked", "report"))
+_relevance_checked = core.checked_jit(_relevance_impl, _REL_STATIC)
 
 
 def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
@@ -215,40 +317,62 @@ def _split_target(target: Target) -> tuple[Callable | None, Array | None]:
     return None, t
 
 
-def gradient(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-             params: Any = None, model_kwargs: dict | None = None) -> Array:
-    """The gradient df_c/dx of the target output (callable targets give the output cotangent).
-
-    Compiled once per model structure and input shape, like :func:`relevance`.
-    """
+def _gradient_method(method: str, model: Any, x: Array, target: Target, variables: Any,
+                     params: Any, model_kwargs: dict | None, checked: bool) -> Array:
     x = _check_input(x)
     target_fn, target_arr = _split_target(target)
     static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    x, dynamic = _float32_for_half(x, dynamic)
     _check_target(static, dynamic, x, target_arr)
-    return _gradient(dynamic, x, target_arr, static=static, target_fn=target_fn)
+    return core.dispatch(_gradient, _gradient_checked, (dynamic, x, target_arr), checked,
+                     static=static, target_fn=target_fn, method=method)
 
 
-@partial(jax.jit, static_argnames=("static", "target_fn"))
-def _gradient(dynamic: Any, x: Array, target_arr: Any, *, static: Any, target_fn: Any) -> Array:
-    y, pull = jax.vjp(frontends.build(static, dynamic), x)
-    (g,) = pull(output_relevance(y, target_fn if target_fn is not None else target_arr,
-                                 "onehot"))
-    return g
+def _gradient_impl(dynamic: Any, x: Array, target_arr: Any, *, static: Any, target_fn: Any,
+                   method: str, checked: bool, report: bool) -> Array | tuple[Array, Array]:
+    with core.checks(checked):
+        x_ok = _x_rows(x)
+        y, pull = jax.vjp(frontends.build(static, dynamic), x)
+        t_ok = _target_rows(x, y, target_arr)
+        ct = output_relevance(y, target_fn if target_fn is not None else target_arr, "onehot")
+        if t_ok is not None:
+            ct = jnp.where(t_ok[:, None], ct, 0)
+        (g,) = pull(ct)
+        R = {"gradient": g, "sensitivity": jnp.square(g), "gradient x input": x * g}[method]
+        R, ok = _finish(R, x, y, x_ok, t_ok, method)
+        return (R, ok) if report else R
+
+
+_gradient = jax.jit(_gradient_impl, static_argnames=("static", "target_fn", "method", "checked",
+                                                     "report"))
+_gradient_checked = core.checked_jit(_gradient_impl, ("static", "target_fn", "method"))
+
+
+def gradient(model: Any, x: Array, *, target: Target = None, variables: Any = None,
+             params: Any = None, model_kwargs: dict | None = None, checked: bool = False) -> Array:
+    """The gradient df_c/dx of the target output (callable targets give the output cotangent).
+
+    Compiled once per model structure and input shape; checks and precision as
+    :func:`relevance`.
+    """
+    return _gradient_method("gradient", model, x, target, variables, params, model_kwargs,
+                            checked)
 
 
 def sensitivity(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-                params: Any = None, model_kwargs: dict | None = None) -> Array:
+                params: Any = None, model_kwargs: dict | None = None,
+                checked: bool = False) -> Array:
     """Sensitivity analysis (Montavon et al. 2018, Sec. 4.1): R_i = (df_c/dx_i)^2."""
-    return jnp.square(gradient(model, x, target=target, variables=variables, params=params,
-                               model_kwargs=model_kwargs))
+    return _gradient_method("sensitivity", model, x, target, variables, params, model_kwargs,
+                            checked)
 
 
 def gradient_x_input(model: Any, x: Array, *, target: Target = None, variables: Any = None,
-                     params: Any = None, model_kwargs: dict | None = None) -> Array:
+                     params: Any = None, model_kwargs: dict | None = None,
+                     checked: bool = False) -> Array:
     """Simple Taylor decomposition at the root 0 (Sec. 4.2): R_i = x_i df_c/dx_i."""
-    x = _check_input(x)
-    return x * gradient(model, x, target=target, variables=variables, params=params,
-                        model_kwargs=model_kwargs)
+    return _gradient_method("gradient x input", model, x, target, variables, params,
+                            model_kwargs, checked)
 
 
 def describe(model: Any, x: Array, *, composite: Composite, variables: Any = None,

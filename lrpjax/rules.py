@@ -6,13 +6,10 @@ applied to s (a VJP), and the stabilizer is stab(z) = z + eps * sign(z) with sig
 The semantics follow Zennit 1.x / 0.5 so numbers are comparable; the tests check them against a
 float64 NumPy reference and against Zennit fixtures.
 
-Implementation notes. z+ and alpha-beta need the products W+- a+-, each computed directly:
-difference forms such as u = (W a + |W||a|)/2 lose all digits in float32 where u + b+ is nearly
-0 and s = R / stab(.) is huge (measured: 6e-4 relative error against the float64 reference
-instead of 3e-7). Where the sign analysis (:mod:`lrpjax.facts`) proves a layer's input >= 0,
-a- = 0 and half of those products are skipped. Gamma's denominators contain z itself and stay
-far from 0, so it uses the difference form: one extra product and two transposes, or one
-transpose where the analysis also proves that no relevance reaches the layer's negative outputs.
+Implementation notes. z+ and alpha-beta compute each product W+- a+- directly (difference forms
+lose all digits in float32 where u + b+ is nearly 0); where :mod:`lrpjax.facts` proves a >= 0,
+the a- products are skipped. Gamma uses the difference form (its denominators contain z). Shares
+and products are guarded (:mod:`lrpjax.rule_checks`): 0 * inf is never computed.
 
 Class attributes the analysis reads: ``scales_by_input`` (R_in = a * (finite), so a zero input
 gets zero relevance), ``passes_relevance`` (R_in = R_out), ``uses_input_signs`` /
@@ -28,7 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import rule_checks as checks
 from .core import LayerFn, is_bias_path, map_params, vjp_input
+from .rule_checks import divide as _divide
+from .rule_checks import share as _share
+from .rule_checks import stabilize
+from .rule_checks import times as _times
 
 __all__ = [
     "AlphaBeta",
@@ -49,17 +51,6 @@ Inputs = tuple[Array, ...]
 
 
 # ------------------------------------------------------------------ helpers
-def stabilize(z: Array, epsilon: float | Array) -> Array:
-    """stab(z) = z + epsilon * sign(z), with sign(0) := +1 (Zennit's convention)."""
-    return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
-
-
-def _divide(R: Array, d: Array) -> Array:
-    """s = R / d with s := 0 where d == 0 (dead neurons give zeros, never NaN)."""
-    zero = d == 0
-    return jnp.where(zero, jnp.zeros_like(R), R / jnp.where(zero, jnp.ones_like(d), d))
-
-
 def _one(rule: Any, inputs: Inputs) -> Array:
     if len(inputs) != 1:
         raise ValueError(f"{type(rule).__name__} applies to layers with one input, got {len(inputs)}")
@@ -106,6 +97,8 @@ class Epsilon:
     rms: bool = False
     scales_by_input: ClassVar[bool] = True
 
+    __post_init__ = checks.validator({"epsilon": 0.0}, ("zero_bias", "rms"))
+
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         p = _zero_bias(params) if self.zero_bias else params
@@ -113,10 +106,11 @@ class Epsilon:
         if self.zero_bias:
             z = z_full
         eps = self.epsilon
-        if self.rms:
+        if self.rms:  # RMS(z) = m RMS(z / m), m = max |z|: z^2 cannot overflow
             axes = tuple(range(1, z.ndim))
-            eps = eps * jnp.sqrt(jnp.mean(jnp.square(z), axis=axes, keepdims=True))
-        return (a * W_T(_divide(R, stabilize(z, eps))),)
+            m = jnp.max(jnp.abs(z), axis=axes, keepdims=True)
+            eps = eps * m * jnp.sqrt(jnp.mean(jnp.square(_divide(z, m)), axis=axes, keepdims=True))
+        return (_times(a, W_T(_divide(R, stabilize(z, eps)))),)
 
 
 @dataclass(frozen=True)
@@ -135,6 +129,7 @@ class AlphaBeta:
     scales_by_input: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        checks.fields(self, {"alpha": None, "beta": None, "epsilon": 0.0}, ("zero_bias",))
         if self.beta < 0 or not np.isclose(self.alpha - self.beta, 1.0, rtol=0, atol=1e-12):
             raise ValueError(
                 f"AlphaBeta needs alpha - beta = 1 and beta >= 0 (Montavon et al. 2018), "
@@ -152,21 +147,21 @@ class AlphaBeta:
 
         if nonneg[0]:  # a >= 0 proven (lrpjax.facts): a- = 0, so u = W+ a, v = W- a
             u, T_pos = vjp_input(fwd, w_pos, a)
-            r = alpha * a * T_pos(_divide(R, stabilize(u + b_pos, eps)))
+            r = _times(alpha * a, T_pos(_share(R, u + b_pos, eps)))
             if beta:
                 v, T_neg = vjp_input(fwd, w_neg, a)
-                r = r - beta * a * T_neg(_divide(R, stabilize(v + b_neg, eps)))
+                r = r - _times(beta * a, T_neg(_share(R, v + b_neg, eps)))
             return (r,)
 
         a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
         pp, T_pos = vjp_input(fwd, w_pos, a_pos)  # W+ a+ and the transpose of W+
         nn_, T_neg = vjp_input(fwd, w_neg, a_neg)  # W- a- and the transpose of W-
-        s = _divide(R, stabilize(pp + nn_ + b_pos, eps))
-        r = alpha * (a_pos * T_pos(s) + a_neg * T_neg(s))
+        s = _share(R, pp + nn_ + b_pos, eps)
+        r = alpha * (_times(a_pos, T_pos(s)) + _times(a_neg, T_neg(s)))
         if beta:
             v = fwd(w_neg, a_pos) + fwd(w_pos, a_neg)
-            s = _divide(R, stabilize(v + b_neg, eps))
-            r = r - beta * (a_pos * T_neg(s) + a_neg * T_pos(s))
+            s = _share(R, v + b_neg, eps)
+            r = r - beta * (_times(a_pos, T_neg(s)) + _times(a_neg, T_pos(s)))
         return (r,)
 
 
@@ -178,6 +173,8 @@ class ZPlus:
     zero_bias: bool = False
     uses_input_signs: ClassVar[bool] = True
     scales_by_input: ClassVar[bool] = True
+
+    __post_init__ = checks.validator({"epsilon": 0.0}, ("zero_bias",))
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
                  nonneg: tuple[bool, ...] = (False,)) -> Inputs:
@@ -204,6 +201,9 @@ class Gamma:
     Unlike for z+ and alpha-beta the difference forms lose no digits: each denominator is at
     least gamma (|u| + |v|) / 2 in magnitude (z and gamma u share the sign of s_p's
     denominator), so the rounding error of the difference, eps (|u| + |v|), stays a few ulps.
+
+    ``zero_bias=True`` sets b := 0 in both denominators; the branch of each output, [z > 0] or
+    [z < 0], is still taken from the layer's real output z = W a + b (Zennit's ``zero_params``).
     """
 
     gamma: float = 0.25
@@ -213,38 +213,38 @@ class Gamma:
     uses_output_gate: ClassVar[bool] = True
     scales_by_input: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        if self.gamma < 0:
-            raise ValueError(f"Gamma needs gamma >= 0, got {self.gamma}")
+    __post_init__ = checks.validator({"gamma": 0.0, "epsilon": 0.0}, ("zero_bias",))
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array, *,
                  nonneg: tuple[bool, ...] = (False,), gated: bool = False) -> Inputs:
         a = _one(self, inputs)
         g = self.gamma
-        p = _zero_bias(params) if self.zero_bias else params
-        if self.zero_bias:
-            z = fwd(p, a)
-        b = _bias_out(fwd, p, a, z)
+        w = _zero_bias(params)  # the weights alone: W a
+        if self.zero_bias:  # b := 0 in the rule; the branches keep the real z = W a + b
+            wa = fwd(w, a)
+            b, zb = jnp.zeros_like(z), wa
+        else:
+            b = _bias_out(fwd, params, a, z)
+            wa, zb = z - b, z
         if nonneg[0]:  # a >= 0 proven (lrpjax.facts): a- = 0
-            w, (w_pos, _) = _zero_bias(p), _pos_neg(p)
-            u = fwd(w_pos, a)  # W+ a
-            s_p = self._quotient(z > 0, R, z + g * (u + jnp.maximum(b, 0)))
+            u = fwd(map_params(w, weight=lambda k: jnp.maximum(k, 0)), a)  # W+ a
+            s_p = self._quotient(z > 0, R, zb + g * (u + jnp.maximum(b, 0)))
             _, P_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.maximum(k, 0)), a)
-            if gated and not self.zero_bias:  # R = 0 where z < 0 (lrpjax.facts): s_n = 0
-                return (a * P_T(s_p),)  # (proven for z = Wa + b, not for the zero-bias Wa)
-            s_n = self._quotient(z < 0, R, z + g * (z - b - u + jnp.minimum(b, 0)))  # W- a = Wa - u
+            if gated:  # R = 0 where z = W a + b < 0 (lrpjax.facts): s_n = 0, also for zero_bias
+                return (_times(a, P_T(s_p)),)
+            s_n = self._quotient(z < 0, R, zb + g * (wa - u + jnp.minimum(b, 0)))  # W- a = Wa - u
             _, M_T = vjp_input(fwd, map_params(w, weight=lambda k: k + g * jnp.minimum(k, 0)), a)
-            return (a * (P_T(s_p) + M_T(s_n)),)
+            return (_times(a, P_T(s_p) + M_T(s_n)),)
 
-        wa = z - b
-        _, W_T = vjp_input(fwd, _zero_bias(p), a)  # the forward product is dead code
+        _, W_T = vjp_input(fwd, w, a)  # the forward product is dead code
         abs_a = jnp.abs(a)
-        wa_abs, A_T = vjp_input(fwd, map_params(p, weight=jnp.abs, bias=jnp.zeros_like), abs_a)
+        wa_abs, A_T = vjp_input(fwd, map_params(w, weight=jnp.abs), abs_a)
         u = 0.5 * (wa + wa_abs) + jnp.maximum(b, 0)  # W+ a+ + W- a- + b+
         v = 0.5 * (wa - wa_abs) + jnp.minimum(b, 0)  # W- a+ + W+ a- + b-
-        s_p = self._quotient(z > 0, R, z + g * u)
-        s_n = self._quotient(z < 0, R, z + g * v)
-        return ((1.0 + 0.5 * g) * a * W_T(s_p + s_n) + 0.5 * g * abs_a * A_T(s_p - s_n),)
+        s_p = self._quotient(z > 0, R, zb + g * u)
+        s_n = self._quotient(z < 0, R, zb + g * v)
+        return (_times((1.0 + 0.5 * g) * a, W_T(s_p + s_n))
+                + _times(0.5 * g * abs_a, A_T(s_p - s_n)),)
 
     def _quotient(self, mask: Array, R: Array, d: Array) -> Array:
         """[mask] R / stab(d)."""
@@ -256,8 +256,12 @@ class ZBox:
     """z^B rule for inputs in a box low <= x <= high (Montavon et al. 2017, deep Taylor).
 
     R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z_j - (W+ l + b+)_j - (W- h + b-)_j) R_j.
-    ``low``/``high`` are scalars or arrays that broadcast to the input. Scalar bounds compare
-    and hash by value (equal composites share one compiled function); array bounds by identity.
+    ``low``/``high`` are finite scalars or arrays that broadcast to the input, low <= high.
+    Array bounds are copied (read-only) when the rule is built; bounds compare and hash by
+    value (equal composites share one compiled function). On the input layer (the first dense
+    or conv layer, where the presets put z^B) :func:`lrpjax.relevance` raises for inputs
+    outside the box when they are concrete (and in its checked mode); under ``jax.jit``
+    without checks, and on other layers, the formula is computed as written.
     """
 
     low: float | Array | np.ndarray = 0.0
@@ -265,27 +269,36 @@ class ZBox:
     epsilon: float = 1e-6
     zero_bias: bool = False
 
-    def _key(self) -> tuple:
-        scalar = all(isinstance(b, (int, float)) for b in (self.low, self.high))
-        return (float(self.low), float(self.high)) if scalar else (id(self.low), id(self.high))
+    def __post_init__(self) -> None:
+        for name in ("low", "high"):
+            object.__setattr__(self, name, checks.bound("ZBox", name, getattr(self, name)))
+        checks.check_box("ZBox", self.low, self.high)
+        checks.fields(self, {"epsilon": 0.0}, ("zero_bias",))
+        object.__setattr__(self, "_bounds", (checks.box_key(self.low), checks.box_key(self.high)))
+
+    def _id(self) -> tuple:
+        return (ZBox, self._bounds, self.epsilon, self.zero_bias)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, ZBox) and self._key() == other._key()
-                and (self.epsilon, self.zero_bias) == (other.epsilon, other.zero_bias))
+        return isinstance(other, ZBox) and self._id() == other._id()
 
     def __hash__(self) -> int:
-        return hash((ZBox, self._key(), self.epsilon, self.zero_bias))
+        return hash(self._id())
+
+    def __repr__(self) -> str:
+        lo, hi = (repr(b) if isinstance(b, float) else f"<array {np.shape(b)}>"
+                  for b in (self.low, self.high))
+        return f"ZBox(low={lo}, high={hi}, epsilon={self.epsilon!r}, zero_bias={self.zero_bias!r})"
+
+    def check_inputs(self, inputs: Inputs) -> tuple[Array, str]:
+        """The entries of the layer input outside the box (flat), and why that is wrong."""
+        a = _one(self, inputs)
+        low, high = checks.box_bounds(repr(self), self.low, self.high, a)
+        return checks.outside_box(a, low, high), checks.OUTSIDE_BOX
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
-        try:
-            low = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
-            high = jnp.broadcast_to(jnp.asarray(self.high, a.dtype), a.shape)
-        except ValueError as err:
-            raise ValueError(
-                f"ZBox bounds of shapes {np.shape(self.low)} / {np.shape(self.high)} do not "
-                f"broadcast to the layer input of shape {a.shape}"
-            ) from err
+        low, high = checks.box_bounds(repr(self), self.low, self.high, a)
         p = _zero_bias(params) if self.zero_bias else params
         z_p, W_T = vjp_input(fwd, p, a)
         z = z_p if self.zero_bias else z
@@ -298,12 +311,12 @@ class ZBox:
                            bias=jnp.zeros_like)
             q, Q_T = vjp_input(fwd, Q, jnp.ones_like(a))
             s = _divide(R, stabilize(z - _bias_out(fwd, p, a, z) - q, self.epsilon))
-            return (a * W_T(s) - Q_T(s),)
+            return (_times(a, W_T(s)) - Q_T(s),)
         pos, neg = _pos_neg(p, zero_bias=False)
         low_out, pos_T = vjp_input(fwd, pos, low)  # W+ l + b+
         high_out, neg_T = vjp_input(fwd, neg, high)  # W- h + b-
         s = _divide(R, stabilize(z - low_out - high_out, self.epsilon))
-        return (a * W_T(s) - low * pos_T(s) - high * neg_T(s),)
+        return (_times(a, W_T(s)) - _times(low, pos_T(s)) - _times(high, neg_T(s)),)
 
 
 def _uniform_input_rule(weight_fn, bias_fn, fwd: LayerFn, params: Any, a: Array, R: Array,
@@ -324,6 +337,8 @@ class WSquare:
     epsilon: float = 1e-6
     zero_bias: bool = False
 
+    __post_init__ = checks.validator({"epsilon": 0.0}, ("zero_bias",))
+
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         bias = jnp.zeros_like if self.zero_bias else jnp.square
@@ -335,6 +350,8 @@ class Flat:
     """Flat rule: R_i = sum_j 1 / (#inputs in the receptive field of j) R_j (weights -> 1)."""
 
     epsilon: float = 1e-6
+
+    __post_init__ = checks.validator({"epsilon": 0.0})
 
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
@@ -353,10 +370,12 @@ class Norm:
     epsilon: float = 1e-6
     scales_by_input: ClassVar[bool] = True
 
+    __post_init__ = checks.validator({"epsilon": 0.0})
+
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         _, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
         grads = pull(_divide(R, stabilize(z, self.epsilon)))
-        return tuple(x * g for x, g in zip(inputs, grads, strict=True))
+        return tuple(_times(x, g) for x, g in zip(inputs, grads, strict=True))
 
 
 @dataclass(frozen=True)

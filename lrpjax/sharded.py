@@ -32,6 +32,7 @@ give them equally many samples (pad the dataset), or the collective program wait
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -87,12 +89,34 @@ def _as_tuple(item: Any) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def _regroup(batches: Iterable[Any], size: int) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
-    """Batches of exactly ``size`` rows and the number of real rows (the last is padded)."""
+def _validate(arrays: tuple[np.ndarray, ...], index: int, start: int) -> None:
+    """Every floating array of a batch is finite, else a ValueError naming batch and row."""
+    for j, a in enumerate(arrays):
+        if not np.issubdtype(a.dtype, np.inexact) and a.dtype.kind != "V":
+            continue
+        try:
+            finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+        except TypeError:  # a dtype without isfinite: not ours to judge
+            continue
+        if not finite.all():
+            r = int(np.argmin(finite))
+            what = "x" if j == 0 else f"array {j} of the batch"
+            raise ValueError(f"batch {index}, row {r} (sample {start + r}): {what} contains NaN "
+                             "or infinite values; nothing was written")
+
+
+def _regroup(batches: Iterable[Any], size: int,
+             starts: list[int]) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
+    """Batches of exactly ``size`` rows and the number of real rows (the last is padded).
+    Each incoming batch is validated (:func:`_validate`) and its first sample's index is
+    appended to ``starts``."""
     buffer: list[tuple[np.ndarray, ...]] = []
-    held = 0
-    for item in batches:
+    held, seen = 0, 0
+    for index, item in enumerate(batches):
         arrays = _as_tuple(item)
+        _validate(arrays, index, seen)
+        starts.append(seen)
+        seen += arrays[0].shape[0]
         buffer.append(arrays)
         held += arrays[0].shape[0]
         while held >= size:
@@ -139,6 +163,21 @@ class _Writer:
         self.fh.seek(0, os.SEEK_END)
 
 
+def _check_rows(ok: np.ndarray, first: int, starts: list[int], extras: tuple) -> None:
+    """Heatmap rows that are not finite: a ValueError naming the batch and row."""
+    if ok.all():
+        return
+    r = int(np.argmin(ok))
+    sample = first + r
+    b = bisect.bisect_right(starts, sample) - 1
+    seen = [f"{a[r].item()!r}" for a in extras if a.ndim == 1]
+    extra = f" (extras at that row: {', '.join(seen)})" if seen else ""
+    raise ValueError(
+        f"batch {b}, row {sample - starts[b]} (sample {sample}): the heatmap is not finite"
+        f"{extra}. lrpjax's explain functions return NaN rows under jax.jit for a target out of "
+        "range of the model's classes; inf means a value overflowed. Nothing was written")
+
+
 def explain_dataset(explain: Callable[..., Any], batches: Iterable[Any],
                     out_path: str | os.PathLike, *, batch_size: int,
                     mesh: Mesh | None = None) -> Path:
@@ -149,6 +188,11 @@ def explain_dataset(explain: Callable[..., Any], batches: Iterable[Any],
     once. ``batch_size`` is the global batch explained per step (a multiple of the devices of
     ``mesh``, default :func:`data_mesh` over all devices). Returns the path written (see
     :func:`output_path`); ``np.load(path, mmap_mode="r")`` reads it without loading it all.
+
+    Each batch is validated before it is dispatched (NaN or infinite values in a floating
+    array raise a ValueError naming the batch and row), and each heatmap row before it is
+    written (a row that is not finite, e.g. the NaN row of an out-of-range target, raises
+    likewise); the output file is then not created.
     """
     mesh = data_mesh() if mesh is None else mesh
     if "data" not in mesh.axis_names:
@@ -160,20 +204,33 @@ def explain_dataset(explain: Callable[..., Any], batches: Iterable[Any],
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {n_dev} devices "
                          f"of the mesh's 'data' axis (and of the {n_proc} processes)")
     sharding = NamedSharding(mesh, P("data"))
-    step = jax.jit(explain, out_shardings=sharding)
+
+    def checked(*args: Any) -> tuple[Any, Any]:
+        out = explain(*args)
+        return out, jnp.all(jnp.isfinite(out.reshape(out.shape[0], -1)), axis=1)
+
+    step = jax.jit(checked, out_shardings=(sharding, sharding))
     local = batch_size // n_proc
     path = output_path(out_path)
+    starts: list[int] = []
     with atomic_open(path, "wb") as fh:
-        writer, pending = _Writer(fh), None
-        for arrays, n_real in _regroup(batches, local):
+        writer, pending, first = _Writer(fh), None, 0
+
+        def flush(done: tuple) -> None:
+            out, ok, n_real, at, extras = done
+            _check_rows(_local_rows(ok)[:n_real], at, starts, extras)
+            writer.write(_local_rows(out)[:n_real])
+
+        for arrays, n_real in _regroup(batches, local, starts):
             inputs = [jax.make_array_from_process_local_data(sharding, a,
                                                              (batch_size, *a.shape[1:]))
                       for a in arrays]
-            out = step(*inputs)  # asynchronous: runs while the previous batch is written
+            out, ok = step(*inputs)  # asynchronous: runs while the previous batch is written
             if pending is not None:
-                writer.write(_local_rows(pending[0])[: pending[1]])
-            pending = (out, n_real)
+                flush(pending)
+            pending = (out, ok, n_real, first, arrays[1:])
+            first += n_real
         if pending is not None:
-            writer.write(_local_rows(pending[0])[: pending[1]])
+            flush(pending)
         writer.close()
     return path

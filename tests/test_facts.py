@@ -479,17 +479,19 @@ def test_a_relu_whose_result_is_unused_is_no_gate():
     assert _gated(model, X6) == [False, False]
 
 
-def test_gated_gamma_with_zero_bias_keeps_both_signs():
-    """The gate is proven for the layer's real output z = Wa + b; with zero_bias the masks use
-    Wa, which can be < 0 where z > 0 and relevance arrives. So zero_bias must not take the
-    one-transpose form (positive biases make this case common)."""
+def test_gated_gamma_with_zero_bias_uses_the_gate():
+    """Gamma's zero_bias takes each output's branch from the real output z = Wa + b (Zennit's
+    zero_params; only the denominators drop b), and the gate is proven for that z: R = 0 where
+    z < 0. So zero_bias may take the one-transpose form, and it must equal the general form,
+    also with positive biases, where Wa < 0 < z is common."""
     model = Chain([jax.nn.relu, jax.nn.relu], nnx.Rngs(6), relu_in=True)
     for layer in model.layers:
         layer.bias[...] = jnp.full_like(layer.bias[...], 0.5)
     x = jax.random.normal(jax.random.key(7), (16, 6))
     comp = C.Uniform(R.Gamma(0.25, zero_bias=True))
-    assert _gated(model, x, comp) == [True, True, False]  # proven, but not used:
-    assert set(_proven(lrpjax.describe(model, x, composite=comp)).values()) == {"input >= 0"}
+    assert _gated(model, x, comp) == [True, True, False]
+    proven = list(_proven(lrpjax.describe(model, x, composite=comp)).values())
+    assert proven == ["input >= 0, gated", "input >= 0, gated", "input >= 0"]
     assert_fast_equals_general(lambda: lrpjax.relevance(model, x, composite=comp), rel=1e-6)
 
 
@@ -689,9 +691,9 @@ def test_the_column_shows_what_the_rule_receives_and_uses():
     RECEIVED.clear()
     lrpjax.relevance(model, x, composite=comp, target=0)
     assert RECEIVED == {"c1": {(False, False)}, "c2": {(True, True)}, "c3": {(False, False)}}
-    # c2 receives the gate but with zero_bias uses only the sign of its input
+    # c2 receives both facts and uses both: zero_bias keeps the branches of the real z = Wa + b
     assert _proven(lrpjax.describe(model, x, composite=comp)) == {
-        "c1": "", "c2": "input >= 0", "c3": "", "dense": ""}
+        "c1": "", "c2": "input >= 0, gated", "c3": "", "dense": ""}
 
 
 def test_a_user_subclass_with_the_older_signature_still_works():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -98,7 +99,7 @@ class Plan:
         for s in self.sites:
             used = rule_keywords(s.rule, s.facts)
             proven = {"input >= 0"} if used.get("nonneg", (False,))[0] else set()
-            if used.get("gated") and not getattr(s.rule, "zero_bias", False) and proven:
+            if used.get("gated") and proven:
                 proven.add("gated")
             row = rows.get(s.path)
             if row is not None:
@@ -143,7 +144,8 @@ def _body(eqn: Any) -> tuple[Any, list] | None:
 
 
 _LIBS = tuple(os.path.dirname(m.__file__) + os.sep for m in
-              (jax, __import__("jaxlib"), __import__("flax"), __import__("lrpjax")))
+              (jax, __import__("jaxlib"), __import__("flax"), __import__("lrpjax"))) + (
+    sysconfig.get_paths()["stdlib"] + os.sep,)  # contextlib's decorators, functools
 
 
 def _frames(eqn: Any) -> list:

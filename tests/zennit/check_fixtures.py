@@ -77,12 +77,13 @@ def neg(t):
 
 # ---------------------------------------------------------------- rules on z = W a + b
 def rule_linear(name, p, L, a, R):
-    W, b = L.W, L.b
+    W, b_real = L.W, L.b
     f, bt = L.fwd, L.bwd
-    zero = np.zeros_like(b)
+    zero = np.zeros_like(b_real)
+    # zero_params='bias': b := 0 inside the rule (the forward pass keeps it)
+    b = zero if p.get("zero_params") == "bias" else b_real
     if name == "Epsilon":
-        bb = zero if p.get("zero_params") == "bias" else b
-        g = R / stab(f(a, W, bb), p["epsilon"])
+        g = R / stab(f(a, W, b), p["epsilon"])
         return a * bt(g, W)
     eps = p["stabilizer"]
     if name == "ZPlus":
@@ -100,7 +101,7 @@ def rule_linear(name, p, L, a, R):
         gam = p["gamma"]
         Wp, Wn = W + gam * pos(W), W + gam * neg(W)
         bp, bn = b + gam * pos(b), b + gam * neg(b)
-        z = f(a, W, b)
+        z = f(a, W, b_real)  # the mask: the real output, bias included, also for zero_params
         zp = f(pos(a), Wp, bp) + f(neg(a), Wn, zero)
         zn = f(pos(a), Wn, bn) + f(neg(a), Wp, zero)
         gp = (z > 0) * R / stab(zp, eps)

@@ -23,7 +23,9 @@ Run (from the repo root)::
 
 Files: zennit_mlp, zennit_mlp_nobias, zennit_cnn, zennit_cnn_nobias, zennit_cnn_maxpool, plus
 zennit_mlp_signed (biased MLP, x uniform in [-1, 1): the only fixture whose layer inputs can be
-negative, i.e. that exercises the a^- terms of ZPlus / AlphaBeta / Gamma). See SEMANTICS.md.
+negative, i.e. that exercises the a^- terms of ZPlus / AlphaBeta / Gamma). The biased fixtures
+(mlp, mlp_signed, cnn, cnn_maxpool) also hold the zero_params='bias' variant of every rule that
+has one (``R__<rule>_zero_bias``, ZERO_BIAS_RULESETS). See SEMANTICS.md.
 
 Layout of every .npz (all float arrays float64):
 
@@ -281,6 +283,46 @@ ZERO_BIAS_RULESET = {
     "params": {"Epsilon": {"epsilon": 0.25, "zero_params": "bias"}},
 }
 
+# The zero_params='bias' variant of every rule that has one (Flat always drops the bias). Only on
+# the biased fixtures. Gamma's is the interesting one: its branch mask [z > 0] / [z < 0] comes
+# from the real output z = W a + b (the unmodified fifth forward), the denominators drop b.
+ZERO_BIAS_RULESETS = {
+    "epsilon_zero_bias": ZERO_BIAS_RULESET,
+    "zplus_zero_bias": {
+        "make": _uniform(lambda: zr.ZPlus(zero_params="bias")),
+        "desc": "LayerMapComposite: ZPlus(zero_params='bias') on every Conv/Dense",
+        "params": {"ZPlus": {"stabilizer": 1e-6, "zero_params": "bias"}},
+    },
+    "alpha2beta1_zero_bias": {
+        "make": _uniform(lambda: zr.AlphaBeta(alpha=2.0, beta=1.0, zero_params="bias")),
+        "desc": "LayerMapComposite: AlphaBeta(alpha=2, beta=1, zero_params='bias') on every "
+        "Conv/Dense",
+        "params": {"AlphaBeta": {"alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6,
+                                 "zero_params": "bias"}},
+    },
+    "gamma_zero_bias": {
+        "make": _uniform(lambda: zr.Gamma(gamma=0.25, zero_params="bias")),
+        "desc": "LayerMapComposite: Gamma(gamma=0.25, zero_params='bias') on every Conv/Dense "
+        "(the z > 0 / z < 0 mask still uses the real output, bias included)",
+        "params": {"Gamma": {"gamma": 0.25, "stabilizer": 1e-6, "zero_params": "bias"}},
+    },
+    "wsquare_zero_bias": {
+        "make": _uniform(lambda: zr.WSquare(zero_params="bias")),
+        "desc": "LayerMapComposite: WSquare(zero_params='bias') on every Conv/Dense",
+        "params": {"WSquare": {"stabilizer": 1e-6, "zero_params": "bias"}},
+    },
+    "zbox_first_zero_bias": {
+        "make": lambda: SpecialFirstLayerMapComposite(
+            layer_map=layer_map_base() + [(ZLinear, zr.Epsilon(epsilon=1e-6))],
+            first_map=[(ZLinear, zr.ZBox(low=0.0, high=1.0, zero_params="bias"))],
+        ),
+        "desc": "SpecialFirstLayerMapComposite: ZBox(low=0, high=1, zero_params='bias') on the "
+        "first Conv/Dense, Epsilon(1e-6) on all other Conv/Dense",
+        "params": {"ZBox": {"low": 0.0, "high": 1.0, "stabilizer": 1e-6, "zero_params": "bias"},
+                   "Epsilon": {"epsilon": 1e-6}},
+    },
+}
+
 
 def _default_args():
     """Default arguments of every rule __init__, read from the installed zennit source."""
@@ -451,7 +493,7 @@ def main():
         rng = np.random.default_rng(SEED)
         model, params, arch = make_mlp(rng, with_bias)
         x = np.random.default_rng(SEED + 1).uniform(0.0, 1.0, size=(6, 12))
-        extra = {"epsilon_zero_bias": ZERO_BIAS_RULESET} if with_bias else None
+        extra = ZERO_BIAS_RULESETS if with_bias else None
         path, data = build(f"mlp{suffix}", model, params, arch, x, extra)
         outputs.append((f"mlp{suffix}", not with_bias, model, path, data))
     # Extra (beyond the brief): signed inputs in [-1, 1) so that the a^- branches of
@@ -461,14 +503,16 @@ def main():
     rng = np.random.default_rng(SEED)
     model, params, arch = make_mlp(rng, True)
     x = np.random.default_rng(SEED + 2).uniform(-1.0, 1.0, size=(6, 12))
-    path, data = build("mlp_signed", model, params, arch, x, dist="uniform[-1, 1)")
+    path, data = build("mlp_signed", model, params, arch, x, ZERO_BIAS_RULESETS,
+                       dist="uniform[-1, 1)")
     outputs.append(("mlp_signed", False, model, path, data))
     for pool, with_bias, suffix in [("avg", True, ""), ("avg", False, "_nobias"),
                                     ("max", True, "_maxpool")]:
         rng = np.random.default_rng(SEED + 10)
         model, params, arch = make_cnn(rng, with_bias, pool)
         x = np.random.default_rng(SEED + 11).uniform(0.0, 1.0, size=(4, 8, 8, 1))
-        path, data = build(f"cnn{suffix}", model, params, arch, x)
+        path, data = build(f"cnn{suffix}", model, params, arch, x,
+                           ZERO_BIAS_RULESETS if with_bias else None)
         outputs.append((f"cnn{suffix}", not with_bias, model, path, data))
     for name, bias_free, model, path, data in outputs:
         sanity(name, data, bias_free, model)
