@@ -77,13 +77,15 @@ UNSUPPORTED_EXAMPLES = (
     "scan, while, fori_loop and cond over x", "scatter-add and cumulative sums over x")
 
 COMPOSITE_CHOICES = (
-    ("a product of two relevance-carrying values (`mul`, `div`, `dot_general`: x * x, "
-     "q k^T, A v, gate * up)", "kind product: raises unless the composite has a rule "
-     "(`transformer.AttnLRP()`: uniform split; `CPLRP()`: the values only)"),
-    ("`jax.nn.softmax`", "kind softmax: raises unless the composite has a rule (AttnLRP: "
-     "R = x (R - s sum R))"),
-    ("a normaliser, 1 / std of x (LayerNorm, RMSNorm)", "kind normalizer: with the "
-     "composite's rule held constant (AttnLRP's identity rule), else the product raises"),
+    (("a product of two relevance-carrying values (`mul`, `div`, `dot_general`: x * x, "
+      "q k^T, A v, gate * up)"),
+     ("kind product: raises unless the composite has a rule "
+      "(`transformer.AttnLRP()`: uniform split; `CPLRP()`: the values only)")),
+    ("`jax.nn.softmax`",
+     "kind softmax: raises unless the composite has a rule (AttnLRP: R = x (R - s sum R))"),
+    ("a normaliser, 1 / std of x (LayerNorm, RMSNorm)",
+     ("kind normalizer: with the composite's rule held constant (AttnLRP's identity rule), "
+      "else the product raises")),
 )
 
 

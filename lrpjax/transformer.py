@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from .composites import Composite, by_type
 from .rules import Epsilon, Norm, _divide, stabilize
 
-__all__ = ["AttnLRP", "CPLRP", "HeldConstant", "SoftmaxTaylor", "UniformProduct"]
+__all__ = ["CPLRP", "AttnLRP", "HeldConstant", "SoftmaxTaylor", "UniformProduct"]
 
 Array = jax.Array
 

@@ -22,14 +22,14 @@ W = jax.random.normal(jax.random.key(0), (4, 3))
 
 def test_a_sum_times_a_relevance_carrying_scalar_is_no_average():
     x = jax.random.normal(jax.random.key(1), (2, 4))
-    f = lambda a: ((a @ W).sum(axis=1) * jnp.max(a))[:, None]  # noqa: E731
+    f = lambda a: ((a @ W).sum(axis=1) * jnp.max(a))[:, None]
     with pytest.raises(UnsupportedLayerError, match="product"):
         lrpjax.relevance(f, x, composite=LRP0, target=0)
 
 
 def test_a_quotient_of_relevance_carrying_values_raises_even_under_attnlrp():
     x = jax.random.uniform(jax.random.key(2), (2, 4), minval=1, maxval=2)
-    f = lambda a: (a @ W[:, :1]) / (a @ W[:, 1:2])  # noqa: E731
+    f = lambda a: (a @ W[:, :1]) / (a @ W[:, 1:2])
     with pytest.raises(UnsupportedLayerError, match="quotient"):
         lrpjax.relevance(f, x, composite=T.AttnLRP(), target=0)
 
@@ -97,7 +97,7 @@ def test_a_user_function_named_relu_is_not_taken_for_jax_nn_relu():
     k = jax.random.split(jax.random.key(4), 3)
     W1, W2, W3 = (jax.random.normal(kk, s) for kk, s in zip(k, [(4, 6), (6, 6), (6, 3)],
                                                            strict=True))
-    f = lambda a: relu(jax.nn.relu(a @ W1) @ W2) @ W3  # noqa: E731
+    f = lambda a: relu(jax.nn.relu(a @ W1) @ W2) @ W3
     comp = C.Composite(C.by_type({"dense": R.Gamma(0.25)}))
     x = jax.random.normal(jax.random.key(5), (2, 4))
     rows = lrpjax.describe(f, x, composite=comp).rows

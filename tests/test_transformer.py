@@ -20,7 +20,7 @@ D, H, C = 8, 16, 3
 
 def init(seed: int, gated: bool) -> dict:
     rng = np.random.default_rng(seed)
-    w = lambda *s: rng.normal(size=s) / np.sqrt(s[0])  # noqa: E731
+    w = lambda *s: rng.normal(size=s) / np.sqrt(s[0])
     p = {"wq": w(D, D), "wk": w(D, D), "wv": w(D, D), "wo": w(D, D), "w1": w(D, H),
          "w2": w(H, D), "head": w(D, C), "b1": rng.normal(size=H) * 0.1,
          "g1": 1 + 0.1 * rng.normal(size=D), "c1": 0.1 * rng.normal(size=D),
@@ -89,7 +89,7 @@ def test_default_composites_refuse_attention_and_name_it():
     with pytest.raises(UnsupportedLayerError, match="integer_pow.*make.<locals>.norm"):
         lrpjax.relevance(make(False, None), x, params=p,  # LayerNorm's variance comes first
                          composite=lrpjax.composites.EpsilonPlus(), target=0)
-    attention = lambda a: jnp.einsum("ntd,nsd->nts", a, a).sum(axis=(1, 2))[:, None]  # noqa
+    attention = lambda a: jnp.einsum("ntd,nsd->nts", a, a).sum(axis=(1, 2))[:, None]
     with pytest.raises(UnsupportedLayerError, match="product of relevance-carrying values"):
         lrpjax.relevance(attention, x, composite=lrpjax.composites.EpsilonPlus(), target=0)
 
@@ -125,7 +125,7 @@ def test_flax_attention_and_norm_modules_on_every_route():
     for preset in (T.AttnLRP(), T.CPLRP()):
         R = lrpjax.relevance(model, x, composite=preset, target=2)
         graphdef, state = nnx.split(model)
-        R_fn = lrpjax.relevance(lambda s, a: nnx.merge(graphdef, s)(a), x, params=state,
+        R_fn = lrpjax.relevance(lambda s, a, g=graphdef: nnx.merge(g, s)(a), x, params=state,
                                 composite=preset, target=2)
         assert np.all(np.isfinite(R))
         np.testing.assert_allclose(R, R_fn, rtol=1e-5, atol=1e-6 * float(jnp.abs(R).max()))
