@@ -2,13 +2,17 @@
 
 Each notebook runs top to bottom in a fresh Jupyter kernel (nbclient) on *this* interpreter, with
 ``LRPJAX_NOTEBOOK_FAST=1`` in the environment: tiny smoke models (cached in a temporary folder),
-few digits and few optimisation steps. Every test starts its own kernel, so the tests are
-independent and pytest-xdist may run them in parallel. A last test checks that the committed
-notebooks are saved without outputs and start with the Colab install cell.
+few digits and few optimisation steps. The kernel's working directory is a temporary folder
+outside the repository, as on Colab: lrpjax comes from this interpreter's environment, so the
+install cell must skip itself. Every test starts its own kernel, so the tests are independent and
+pytest-xdist may run them in parallel. The install cell's Colab branch (lrpjax missing) runs
+offline with a stand-in for ``%pip``; a last test checks that the committed notebooks are saved
+without outputs and start with that cell.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import sys
@@ -20,7 +24,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_explain_a_prediction.ipynb", "02_activation_maximization.ipynb",
          "03_evaluating_explanations.ipynb")
 CELL_TIMEOUT = 600  # seconds per cell: generous, for a loaded machine
@@ -46,8 +51,11 @@ def execute(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     # of a foreign Python could try to pip-install lrpjax).
     nb.cells.insert(0, nbformat.v4.new_code_cell(
         f"import sys\nassert sys.executable == {sys.executable!r}, sys.executable"))
+    workdir = tmp_path / "run"  # the kernel's working directory: outside the repository
+    workdir.mkdir()
+    assert not workdir.resolve().is_relative_to(ROOT)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+                                     resources={"metadata": {"path": str(workdir)}})
     client.execute()  # raises CellExecutionError (with the traceback) if any cell fails
     text, images = [], 0
     for cell in nb.cells:
@@ -59,6 +67,11 @@ def execute(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
             images += "image/png" in data
             if "text/plain" in data and "image/png" not in data:
                 text.append(data["text/plain"] + "\n")
+    import lrpjax
+
+    install_cell = [c for c in nb.cells if c.cell_type == "code"][1]  # after the inserted check
+    install = "".join(out.get("text", "") for out in install_cell.get("outputs", []))
+    assert install.startswith(f"lrpjax {lrpjax.__version__} from "), install  # skipped: no pip
     return nb, "".join(text), images
 
 
@@ -113,5 +126,63 @@ def test_notebook_saved_clean(name):
         assert cell.outputs == [] and cell.execution_count is None, "clear the outputs"
     install, setup = code[0].source, code[1].source
     assert "import lrpjax" in install and "except ImportError" in install
-    assert "%pip install" in install and "LRPJAX_REPO" in install
+    assert '%pip install -q --no-deps "lrpjax @ git+{LRPJAX_REPO}"' in install
+    assert "Cost on a Colab CPU runtime" in install
     assert 'os.environ.get("LRPJAX_NOTEBOOK_FAST") == "1"' in setup
+    assert 'Path("..")' not in setup  # nothing depends on the working directory
+
+
+class _FakeIPython:
+    """Stands in for IPython's ``%pip``: records each command, expanded like IPython's
+    ``{expr}`` (from the caller's variables), and makes lrpjax importable after its install."""
+
+    def __init__(self, on_install):
+        self.lines, self.on_install = [], on_install
+
+    def run_line_magic(self, name, line):
+        frame = sys._getframe(1)
+        line = line.format(**{**frame.f_globals, **frame.f_locals})
+        self.lines.append(f"%{name} {line}")
+        if "lrpjax @ git+" in line:
+            self.on_install()
+
+
+def _install_cell(name: str) -> str:
+    """The notebook's first code cell as plain Python (IPython's own magic transform)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    return TransformerManager().transform_cell(
+        next(c for c in nb.cells if c.cell_type == "code").source)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_install_cell_keeps_the_runtime_stack(name, monkeypatch, capsys):
+    """Colab branch, offline: lrpjax missing -> one ``pip install --no-deps`` of the repository;
+    of its dependencies only a missing one is installed (within its range); one outside the
+    tested range is reported, never replaced. With lrpjax importable nothing is installed."""
+    import lrpjax
+
+    code = _install_cell(name)
+    real_version = importlib.metadata.version
+
+    def version(dist):
+        if dist == "mlxtend":  # missing from the runtime
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return "0.0.1" if dist == "optax" else real_version(dist)  # an old preinstalled optax
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "lrpjax", None)  # "import lrpjax" raises ImportError
+    shell = _FakeIPython(lambda: sys.modules.__setitem__("lrpjax", lrpjax))
+    exec(compile(code, name, "exec"), {"get_ipython": lambda: shell})  # noqa: S102
+    first, *rest = shell.lines
+    assert first == '%pip install -q --no-deps "lrpjax @ git+https://github.com/lrpjax/lrpjax"'
+    mlxtend = next(r for r in importlib.metadata.requires("lrpjax") if r.startswith("mlxtend"))
+    assert rest == [f'%pip install -q "{mlxtend.split(";")[0].replace(" ", "")}"'], rest
+    out = capsys.readouterr().out
+    assert "note: optax 0.0.1 is outside lrpjax's tested range" in out
+    assert f"lrpjax {lrpjax.__version__} from " in out
+    # lrpjax importable (the repository's .venv, a second run): the cell installs nothing
+    shell = _FakeIPython(lambda: None)
+    exec(compile(code, name, "exec"), {"get_ipython": lambda: shell})  # noqa: S102
+    assert shell.lines == []

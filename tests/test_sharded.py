@@ -1,6 +1,11 @@
 """explain_dataset: streamed, atomic .npy output equal to explaining everything at once; the
-4-device run (host devices, in a subprocess: the XLA flag must precede jax's start) is
-bit-for-bit the 1-device run."""
+4-device run (host devices, in a subprocess: the XLA flag must precede jax's start) agrees with
+the 1-device run to float32 rounding.
+
+No comparison here is bit for bit across shardings or batch sizes: XLA may sum a sharded or
+differently sized batch in another order (seen: 3.5e-10 on values of 3.7e-3, 4 host devices vs 1,
+on an AMD EPYC), so heatmaps agree to RTOL = 1e-6 -- a few float32 ulps (2^-23 = 1.2e-7) of
+reordering -- with an absolute floor of RTOL times the largest |R| for entries near zero."""
 
 from __future__ import annotations
 
@@ -21,6 +26,15 @@ from lrpjax import composites as C
 from lrpjax import sharded
 
 TESTS = Path(__file__).resolve().parent
+RTOL = 1e-6  # float32 reorderings: a few ulps (2^-23 = 1.2e-7) of the result
+
+
+def assert_close(actual, desired, rtol: float = RTOL) -> None:
+    """Equal up to float32 reorderings: ``rtol`` of each value, and ``rtol`` of the largest
+    magnitude as the absolute floor (entries near zero cancel and keep only absolute accuracy)."""
+    desired = np.asarray(desired)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max())
+
 
 def _setup():
     """The model, data and explain function shared with the 4-device subprocess."""
@@ -59,7 +73,6 @@ try:
 except ValueError as err:
     error = str(err)
 print(json.dumps({"devices": jax.device_count(), "shape": list(a4.shape),
-                  "identical": bool(np.array_equal(a4, a1)),
                   "mesh_devices": sharded.data_mesh().devices.size, "error": error,
                   "files": sorted(os.listdir(out))}))
 """
@@ -110,7 +123,8 @@ def test_four_host_devices_equal_one_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4 and result["mesh_devices"] == 4
-    assert result["shape"] == [30, 8, 8, 1] and result["identical"]
+    assert result["shape"] == [30, 8, 8, 1]
+    assert_close(np.load(tmp_path / "four.npy"), np.load(tmp_path / "one.npy"))
     assert "multiple of the 4 devices" in result["error"]
     assert result["files"] == ["four.npy", "one.npy"]
     s = _setup()
