@@ -40,13 +40,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lrpjax.lab.models import build
 from lrpjax.maximize import am_program, class_log_prob, l2_regularizer, nnx_logits
-from lrpjax.models import build
 
 if args.quick:
     model = build(args.model, rngs=nnx.Rngs(0))
 else:
-    from lrpjax.train import load_or_train
+    from lrpjax.lab.train import load_or_train
 
     model, _ = load_or_train(args.model, verbose=False)
 logits_fn = nnx_logits(model)

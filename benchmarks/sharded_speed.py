@@ -1,6 +1,6 @@
 """Throughput of lrpjax.sharded.explain_dataset with 1 and with 4 host devices.
 
-LRP EpsilonGammaBox(0, 1) on the reference CNN (lrpjax.models.CNN, random weights), random
+LRP EpsilonGammaBox(0, 1) on the reference CNN (lrpjax.lab.models.CNN, random weights), random
 28 x 28 images, heatmaps streamed to a temporary .npy. Each device count runs in its own
 subprocess, because ``--xla_force_host_platform_device_count`` must be set before JAX starts.
 Compilation (the first batch) is timed separately from the steady state (a second full pass).
@@ -30,7 +30,8 @@ def worker(images: int, batch: int) -> dict:
     from flax import nnx
 
     import lrpjax
-    from lrpjax import composites, models, sharded
+    from lrpjax import composites, sharded
+    from lrpjax.lab import models
 
     model = models.CNN(rngs=nnx.Rngs(0))
     comp = composites.EpsilonGammaBox(0.0, 1.0)

@@ -31,9 +31,9 @@ import optax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lrpjax.io import update_results
+from lrpjax.files import update_results
+from lrpjax.lab.plot import save_figure
 from lrpjax.maximize import am_program, class_log_prob, l2_regularizer
-from lrpjax.plot import save_figure
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="fewer steps, coarse grid (tests)")

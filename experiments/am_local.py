@@ -31,8 +31,11 @@ from flax import nnx
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lrpjax.data import load_mnist
-from lrpjax.io import update_results
+from lrpjax.files import update_results
+from lrpjax.lab.data import load_mnist
+from lrpjax.lab.models import build
+from lrpjax.lab.plot import image, save_figure
+from lrpjax.lab.train import load_or_train
 from lrpjax.maximize import (
     activation_maximization,
     class_log_prob,
@@ -40,9 +43,6 @@ from lrpjax.maximize import (
     local_regularizer,
     nnx_logits,
 )
-from lrpjax.models import build
-from lrpjax.plot import image, save_figure
-from lrpjax.train import load_or_train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="more steps, a finer η grid")

@@ -40,11 +40,11 @@ from matplotlib.ticker import NullLocator
 
 import lrpjax
 from lrpjax.composites import Alpha1Beta0, AlphaBetaAll, EpsilonGammaBox
-from lrpjax.data import data_range, load_mnist
 from lrpjax.evaluate import continuity, shift_protocol, translations
-from lrpjax.io import update_results
-from lrpjax.plot import heatmap, image, save_figure
-from lrpjax.train import TrainConfig, load_or_train
+from lrpjax.files import update_results
+from lrpjax.lab.data import data_range, load_mnist
+from lrpjax.lab.plot import heatmap, image, save_figure
+from lrpjax.lab.train import TrainConfig, load_or_train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="finer steps, more digits, longer training")

@@ -33,12 +33,12 @@ from matplotlib.figure import Figure
 
 import lrpjax
 from lrpjax.composites import Alpha1Beta0, AlphaBetaAll, DeepTaylor, EpsilonGammaBox, Uniform
-from lrpjax.data import data_range, load_mnist, mean_image
 from lrpjax.evaluate import pixel_flipping
-from lrpjax.io import update_results
-from lrpjax.plot import image, save_figure
+from lrpjax.files import update_results
+from lrpjax.lab.data import data_range, load_mnist, mean_image
+from lrpjax.lab.plot import image, save_figure
+from lrpjax.lab.train import TrainConfig, load_or_train
 from lrpjax.rules import Epsilon
-from lrpjax.train import TrainConfig, load_or_train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="all test digits, longer-trained models")

@@ -44,11 +44,11 @@ import numpy as np
 
 import lrpjax
 from lrpjax.composites import Alpha1Beta0, AlphaBetaAll, Composite, EpsilonGammaBox, LRPTutorial
-from lrpjax.data import load_mnist
 from lrpjax.evaluate import pixel_flipping
-from lrpjax.io import update_results
-from lrpjax.plot import grid, save_figure
-from lrpjax.train import TrainConfig, load_or_train
+from lrpjax.files import update_results
+from lrpjax.lab.data import load_mnist
+from lrpjax.lab.plot import grid, save_figure
+from lrpjax.lab.train import TrainConfig, load_or_train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="full-training models, 1,000 digits")

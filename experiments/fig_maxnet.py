@@ -1,7 +1,7 @@
 """F-max (Montavon et al. 2018, Fig. 6): relevance vector fields of f(x) = max(x1, x2) on [0, 1]^2.
 
 f is the paper's ReLU net f(x) = max(0, 1/2 max(0, x1 - x2) + 1/2 max(0, x2 - x1) + 1/2 max(0, x1 + x2))
-(``lrpjax.models.MaxNet``). Three explanations R(x) = (R1, R2), drawn as arrows over the contours of f:
+(``lrpjax.lab.models.MaxNet``). Three explanations R(x) = (R1, R2), drawn as arrows over the contours of f:
 
 * sensitivity R_i = (df/dx_i)^2            closed form (1, 0) if x1 > x2 else (0, 1);
 * simple Taylor R_i = x_i df/dx_i          closed form (x1, 0) if x1 > x2 else (0, x2);
@@ -33,9 +33,9 @@ from matplotlib.figure import Figure
 
 import lrpjax
 from lrpjax.composites import Uniform
-from lrpjax.io import update_results
-from lrpjax.models import MaxNet
-from lrpjax.plot import save_figure
+from lrpjax.files import update_results
+from lrpjax.lab.models import MaxNet
+from lrpjax.lab.plot import save_figure
 from lrpjax.rules import ZPlus
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

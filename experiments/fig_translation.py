@@ -1,7 +1,7 @@
 """The translation trick (Montavon et al. 2018, Sec. 6): LRP heatmaps averaged over small shifts.
 
 Explains f̄(x) = 1/|T| sum_τ f(τx) instead of f by R̄(x) = 1/|T| sum_τ τ^{-1} R(τx)
-(``lrpjax.wrappers.translation_trick``, integer shifts with zero fill) for the avg-pool CNN, with
+(``lrpjax.translation.translation_trick``, integer shifts with zero fill) for the avg-pool CNN, with
 two LRP composites: EpsilonGammaBox(0, 1) (z^B with the pixel box [0, 1], gamma, epsilon) and
 LRP-alpha2beta1 on every layer. Shift sets T: none (R itself), ±1 px (the 3 x 3 square of shifts,
 9 copies) and ±2 px (5 x 5, 25 copies). The explained class is the true label, fixed per image (the
@@ -34,12 +34,12 @@ import numpy as np
 
 import lrpjax
 from lrpjax.composites import AlphaBetaAll, Composite, EpsilonGammaBox
-from lrpjax.data import load_mnist
 from lrpjax.evaluate import pixel_flipping
-from lrpjax.io import update_results
-from lrpjax.plot import grid, save_figure
-from lrpjax.train import TrainConfig, load_or_train
-from lrpjax.wrappers import shift_set, translate, translation_trick
+from lrpjax.files import update_results
+from lrpjax.lab.data import load_mnist
+from lrpjax.lab.plot import grid, save_figure
+from lrpjax.lab.train import TrainConfig, load_or_train
+from lrpjax.translation import shift_set, translate, translation_trick
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="full-training CNN, 1,000 digits")

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lrpjax.io import update_results
+from lrpjax.files import update_results
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lrpjax.data import load_mnist
-from lrpjax.io import update_results
-from lrpjax.plot import grid, save_figure
-from lrpjax.train import TrainConfig, accuracy, evaluate, load_or_train
+from lrpjax.files import update_results
+from lrpjax.lab.data import load_mnist
+from lrpjax.lab.plot import grid, save_figure
+from lrpjax.lab.train import TrainConfig, accuracy, load_or_train, logits
 
 NAMES = ["mlp", "cnn", "cnn_max", "cnn_nonpos"]
 
@@ -60,7 +60,7 @@ for name in NAMES:
           f"({len(test.labels)} {test.source} digits), trained in {card['train_time_s']:.1f} s")
 
 # ---- figure: 12 test digits and the first 4 the CNN gets wrong, with its predictions
-predicted = evaluate(models["cnn"], test.images).argmax(-1)
+predicted = logits(models["cnn"], test.images).argmax(-1)
 wrong = np.flatnonzero(predicted != test.labels)
 shown = list(range(12)) + [int(i) for i in wrong[:4] if i >= 12]
 shown += [i for i in range(12, 16) if len(shown) < 16 and i not in shown]

@@ -4,7 +4,7 @@ Implements the methods of Montavon, Samek & Mueller, "Methods for interpreting a
 understanding deep neural networks", Digital Signal Processing 73 (2018).
 """
 
-from . import attribution, canonizers, composites, facts, layers, models, ops, rules
+from . import attribution, canonizers, composites, facts, layers, ops, rules, transformer
 from .attribution import integrated_gradients, smoothgrad
 from .composites import Composite
 from .explain import describe, gradient, gradient_x_input, relevance, sensitivity
@@ -26,10 +26,10 @@ __all__ = [
     "integrated_gradients",
     "layer_relevance",
     "layers",
-    "models",
     "ops",
     "relevance",
     "rules",
     "sensitivity",
     "smoothgrad",
+    "transformer",
 ]

@@ -21,7 +21,7 @@ from . import engine, frontends
 from .composites import Composite
 from .explain import Target, _check_input, _split_target, lrp_function, output_relevance
 
-__all__ = ["LayerRelevance", "layer_relevance"]
+__all__ = ["LayerRelevance", "LayerSum", "RelevanceSums", "layer_relevance", "relevance_sums"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,70 @@ def layer_relevance(
             rows.append(LayerRelevance(path, kind, rule, np.asarray(r), tuple(pending)))
             pending = []
     return rows, np.asarray(heatmap)
+
+
+# ---------------------------------------------------------------- sums per layer
+@dataclass(frozen=True)
+class LayerSum:
+    """Per-sample relevance sums at one layer: ``r_out`` arriving at its output(s), ``r_in``
+    leaving through its input(s) (summed over inputs, e.g. both branches of a residual sum),
+    totals over the layer's calls."""
+
+    path: str
+    kind: str
+    rule: str
+    r_out: np.ndarray
+    r_in: np.ndarray
+
+
+@dataclass(frozen=True)
+class RelevanceSums:
+    """``rows`` in forward order; ``output`` = sum of the initial relevance, ``input`` = sum of
+    the heatmap, per sample; ``heatmap`` = the input relevance (as :func:`lrpjax.relevance`).
+    ``print()`` shows the table: a conserving rule has ``r_in == r_out``."""
+
+    rows: tuple[LayerSum, ...]
+    output: np.ndarray
+    input: np.ndarray
+    heatmap: np.ndarray
+
+    def __str__(self) -> str:
+        lines = [(f"{'layer':<24} {'rule':<22} {'mean R_out':>12} {'mean R_in':>12} "
+                  f"{'max |R_in|':>11}"),
+                 f"{'(output)':<24} {'':<22} {self.output.mean():>12.5g}"]
+        for r in self.rows:
+            lines.append(f"{r.path:<24} {r.rule[:22]:<22} {r.r_out.mean():>12.5g} "
+                         f"{r.r_in.mean():>12.5g} {np.abs(r.r_in).max():>11.3g}")
+        lines.append(f"{'(input)':<24} {'':<22} {'':>12} {self.input.mean():>12.5g}")
+        return "\n".join(lines)
+
+
+def _per_sample(r: np.ndarray) -> np.ndarray:
+    return r.reshape(r.shape[0], -1).sum(axis=1)
+
+
+def relevance_sums(model: Any, x: Any, *, composite: Composite, target: Target = None,
+                   variables: Any = None, params: Any = None, model_kwargs: dict | None = None,
+                   output_relevance_mode: str = "logit", strict: bool = True) -> RelevanceSums:
+    """Relevance sums per sample at every layer (:func:`layer_relevance`, summed per sample
+    and over a layer's calls): the check that relevance neither vanishes nor explodes through
+    a deep network. Same arguments as :func:`lrpjax.relevance`; works for every front-end.
+    """
+    calls, heatmap = layer_relevance(model, x, composite=composite, target=target,
+                                     variables=variables, params=params,
+                                     model_kwargs=model_kwargs,
+                                     output_relevance_mode=output_relevance_mode, strict=strict)
+    totals: dict[str, list] = {}
+    for c in calls:
+        r_in = sum(_per_sample(r) for r in c.r_in)
+        t = totals.setdefault(c.path, [c, np.zeros_like(r_in), np.zeros_like(r_in)])
+        t[1], t[2] = t[1] + _per_sample(c.r_out), t[2] + r_in
+    rows = tuple(LayerSum(path, c.kind, type(c.rule).__name__ if c.rule is not None
+                          else f"gradient ({c.kind})", r_out, r_in)
+                 for path, (c, r_out, r_in) in totals.items())
+    static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    y = jax.jit(lambda d, a: frontends.build(static, d)(a))(dynamic, _check_input(x))
+    target_fn, target_arr = _split_target(target)
+    out = output_relevance(y, target_fn if target_fn is not None else target_arr,
+                           output_relevance_mode)
+    return RelevanceSums(rows, _per_sample(np.asarray(out)), _per_sample(heatmap), heatmap)

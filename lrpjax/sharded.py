@@ -45,7 +45,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .io import atomic_open
+from .files import atomic_open
 
 __all__ = ["data_mesh", "explain_dataset", "output_path"]
 

@@ -12,11 +12,11 @@ from lrp_nets import SpecNet, linen_model, random_net
 import lrpjax
 from lrpjax import attribution as A
 from lrpjax import composites as C
-from lrpjax import models
+from lrpjax.lab import models
 
 
 def _reference_cnn():
-    """The experiments' CNN (lrpjax.models.CNN) with random weights and random biases."""
+    """The experiments' CNN (lrpjax.lab.models.CNN) with random weights and random biases."""
     model = models.CNN(rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     for _, m in nnx.iter_graph(model):

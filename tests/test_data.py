@@ -1,4 +1,4 @@
-"""Tests for lrpjax.data: IDX parsing, verified download (simulated, no network), MNIST sources."""
+"""Tests for lrpjax.lab.data: IDX parsing, verified download (simulated, no network), MNIST sources."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrpjax import data
-from lrpjax.data import (
+from lrpjax.lab import data
+from lrpjax.lab.data import (
     MNIST_SHA256,
     MNISTChecksumError,
     MNISTUnavailableError,
@@ -212,7 +212,7 @@ def test_mnist5k_deterministic_and_independent_of_global_rng() -> None:
 def test_auto_falls_back_to_mnist5k(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")  # 1 of 4 files is not enough
     calls: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="lrpjax.data"):
+    with caplog.at_level(logging.WARNING, logger="lrpjax.lab.data"):
         out = load_mnist("test", data_dir=tmp_path, fetch=calls.append)
     assert out.source == "mnist5k" and len(out.labels) == 1000
     assert calls == [] and "5k" in caplog.text

@@ -123,8 +123,8 @@ X6 = jax.random.normal(jax.random.key(1), (8, 6))
 
 @functools.cache
 def _cnn28():
-    """lrpjax.models.CNN with max pooling (built once: its initialisation costs a second)."""
-    from lrpjax.models import CNN
+    """lrpjax.lab.models.CNN with max pooling (built once: its initialisation costs a second)."""
+    from lrpjax.lab.models import CNN
 
     return CNN(pool="max", rngs=nnx.Rngs(1))
 
@@ -330,7 +330,7 @@ def test_fast_forms_equal_general_forms(name, pool):
 
 
 def test_the_cnn_model_fast_forms_equal_general_forms():
-    """The same on lrpjax.models.CNN (max pooling) with the gated Gamma of EpsilonGammaBox."""
+    """The same on lrpjax.lab.models.CNN (max pooling) with the gated Gamma of EpsilonGammaBox."""
     model = _cnn28()
     x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
     comp = C.EpsilonGammaBox(0.0, 1.0)

@@ -15,7 +15,7 @@ import pytest
 
 import lrpjax
 from lrpjax.composites import Uniform
-from lrpjax.models import MaxNet
+from lrpjax.lab.models import MaxNet
 from lrpjax.rules import ZPlus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lrpjax import train as T
+from lrpjax import files as lio
+from lrpjax.lab import checkpoints as CK
+from lrpjax.lab import train as T
+from lrpjax.lab.models import build
 from lrpjax.maximize import cache as C
-from lrpjax.models import build
 
 TINY = T.TrainConfig(model="mlp", source="mnist5k", epochs=1, batch_size=32, n_train=64,
                      n_test=32)
@@ -97,7 +99,7 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {  # stem -> (damage, ex
 def test_broken_checkpoint_warns_and_retrains(tmp_path, fake_train, damage):
     _model, card = T.load_or_train("mlp", config=TINY, cache_dir=tmp_path, verbose=False)
     stem = T.cache_path(TINY, tmp_path)
-    assert card["weights_sha256"] == T.file_sha256(stem.with_suffix(".npz"))
+    assert card["weights_sha256"] == lio.file_sha256(stem.with_suffix(".npz"))
     func, message = BROKEN[damage]
     func(stem)
     with pytest.warns(UserWarning, match=f"unusable checkpoint.*{message}.*retraining"):
@@ -124,7 +126,7 @@ def test_forged_npy_header_is_rejected_before_any_allocation(tmp_path, fake_trai
     tracemalloc.start()
     try:
         with pytest.raises(ValueError, match=message):
-            T.load(stem, build("mlp", rngs=nnx.Rngs(0)))
+            CK.load(stem, build("mlp", rngs=nnx.Rngs(0)))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -138,7 +140,7 @@ def test_forged_npy_header_is_rejected_before_any_allocation(tmp_path, fake_trai
                                     "int8"])
 def test_load_of_a_broken_file_names_file_and_problem(tmp_path, damage):
     model = build("mlp", rngs=nnx.Rngs(0))
-    stem = T.save(tmp_path / "mine", model, {"note": "user file"})
+    stem = CK.save(tmp_path / "mine", model, {"note": "user file"})
     if damage in ("nan", "int8"):
         stem.with_suffix(".json").unlink()  # no card: the content itself must be judged
     BROKEN[damage][0](stem)
@@ -146,11 +148,11 @@ def test_load_of_a_broken_file_names_file_and_problem(tmp_path, damage):
                "card-bad-utf8": "UTF-8", "nan": "non-finite values in dense1/kernel",
                "int8": "dtype of 'dense1/kernel' is int8"}[damage]
     with pytest.raises(ValueError, match=f"mine.*{problem}"):
-        T.load(stem, build("mlp", rngs=nnx.Rngs(1)))
+        CK.load(stem, build("mlp", rngs=nnx.Rngs(1)))
     if damage in ("truncated", "empty"):  # without the card: the archive is unreadable
         stem.with_suffix(".json").unlink()
         with pytest.raises(ValueError, match=r"mine\.npz: not a readable \.npz archive"):
-            T.load(stem, build("mlp", rngs=nnx.Rngs(1)))
+            CK.load(stem, build("mlp", rngs=nnx.Rngs(1)))
 
 
 # ------------------------------------------------------------------- the maximize cache

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lrpjax import data as D
-from lrpjax import io as lio
-from lrpjax import train as T
-from lrpjax.models import build
+from lrpjax import files as lio
+from lrpjax.lab import data as D
+from lrpjax.lab import train as T
+from lrpjax.lab.models import build
 
 NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -66,13 +66,13 @@ def test_local_idx_files_are_checked_against_the_published_sha256_once(tmp_path,
     hashed: list[Path] = []
     real = lio.file_sha256
     monkeypatch.setattr(lio, "file_sha256", lambda p: hashed.append(Path(p)) or real(p))
-    with caplog.at_level(logging.WARNING, logger="lrpjax.data"):
+    with caplog.at_level(logging.WARNING, logger="lrpjax.lab.data"):
         D.load_mnist("test", source="full", data_dir=tmp_path)
     assert "t10k-images-idx3-ubyte.gz: sha256" in caplog.text
     assert "not the published MNIST file's " + D.MNIST_SHA256[NAMES[2]] in caplog.text
     assert len(hashed) == 2 and (tmp_path / ".lrpjax-sha256.json").is_file()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="lrpjax.data"):
+    with caplog.at_level(logging.WARNING, logger="lrpjax.lab.data"):
         D.load_mnist("test", source="full", data_dir=tmp_path)
     assert len(hashed) == 2 and caplog.text == ""  # cached digest, warned once
     assert list(tmp_path.glob(".*.tmp")) == []

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from lrpjax import io as lio
-from lrpjax import train as T
+from lrpjax import files as lio
+from lrpjax.lab import checkpoints as CK
+from lrpjax.lab import train as T
+from lrpjax.lab.models import build
 from lrpjax.maximize import cache as C
-from lrpjax.models import build
 
 TINY = T.TrainConfig(model="mlp", source="mnist5k", epochs=1, batch_size=32, n_train=64,
                      n_test=32)
@@ -58,8 +59,8 @@ def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path, caplog):
     _backdate(unrelated)
     with open(held, "rb") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        with caplog.at_level(logging.WARNING, logger="lrpjax.io"):
-            T.save(tmp_path / "model", build("mlp", rngs=nnx.Rngs(0)), {})
+        with caplog.at_level(logging.WARNING, logger="lrpjax.files"):
+            CK.save(tmp_path / "model", build("mlp", rngs=nnx.Rngs(0)), {})
     assert not killed.exists() and fresh.exists() and held.exists() and unrelated.exists()
     assert f"removed stale temporary file {killed}" in caplog.text
     assert sorted(p.name for p in tmp_path.glob("model.*")) == ["model.json", "model.npz"]

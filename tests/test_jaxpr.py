@@ -16,6 +16,7 @@ import lrpjax
 from lrpjax import composites as C
 from lrpjax import rules as R
 from lrpjax.engine import UnsupportedPrimitiveError
+from lrpjax.lab import models
 
 
 def mlp_fn(params, x):
@@ -46,7 +47,7 @@ def test_pure_function_matches_numpy_reference(rule):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_max"])
 def test_agrees_with_nnx_front_end_on_reference_models(name):
-    model = lrpjax.models.build(name, rngs=nnx.Rngs(0))
+    model = models.build(name, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
     graphdef, state = nnx.split(model)
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lrpjax import layers
-from lrpjax.models import (
+from lrpjax.lab.models import (
     CNN,
     MLP,
     MODEL_NAMES,

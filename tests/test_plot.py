@@ -9,7 +9,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lrpjax import plot
+from lrpjax.lab import plot
 
 
 def _ax():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-import lrpjax.train
+import lrpjax.lab.train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -16,14 +16,14 @@ def test_readme_explain_example_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("## Explaining a prediction"):]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    real = lrpjax.train.load_or_train
+    real = lrpjax.lab.train.load_or_train
 
     def tiny(name, **kwargs):
-        config = lrpjax.train.TrainConfig(model=name, source="mnist5k", epochs=1, batch_size=32,
+        config = lrpjax.lab.train.TrainConfig(model=name, source="mnist5k", epochs=1, batch_size=32,
                                           n_train=128)
         return real(name, config=config, cache_dir=tmp_path, verbose=False)
 
-    monkeypatch.setattr(lrpjax.train, "load_or_train", tiny)
+    monkeypatch.setattr(lrpjax.lab.train, "load_or_train", tiny)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - runs the README example
     R, x = np.asarray(scope["R"]), np.asarray(scope["x"])

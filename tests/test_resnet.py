@@ -10,9 +10,12 @@ import pytest
 from flax import nnx
 
 import lrpjax
-from lrpjax import canonizers, resnet
+from lrpjax import canonizers
 from lrpjax import composites as C
 from lrpjax import rules as R
+from lrpjax.lab import resnet
+from lrpjax.lab.train import train_resnet
+from lrpjax.layerwise import relevance_sums
 
 SIZE = 12  # a tiny input: two stages 12x12 -> 6x6, global pool over 6x6
 
@@ -73,7 +76,7 @@ def test_bias_free_resnet_conserves_layer_by_layer():
         folded = canonizers.fold_batchnorm(tiny(jnp.float64, centred=True), x)
         y = np.asarray(folded(x))
         target = jnp.asarray(np.argmax(y, axis=1))
-        trace = resnet.layer_relevance(folded, x, composite=comp, target=target)
+        trace = relevance_sums(folded, x, composite=comp, target=target)
     f = y[np.arange(3), np.asarray(target)]
     np.testing.assert_allclose(trace.heatmap.reshape(3, -1).sum(1), f, rtol=1e-5)
     np.testing.assert_allclose(trace.input, f, rtol=1e-5)
@@ -91,7 +94,7 @@ def test_composites_give_finite_bounded_relevance(name):
             "Alpha1Beta0": C.Alpha1Beta0()}[name]
     x = jnp.asarray(_x(), jnp.float32)
     folded = canonizers.fold_batchnorm(tiny(), x)
-    trace = resnet.layer_relevance(folded, x, composite=comp)
+    trace = relevance_sums(folded, x, composite=comp)
     assert trace.heatmap.shape == x.shape and np.all(np.isfinite(trace.heatmap))
     if name == "EpsilonGammaBox":  # the probes leave the heatmap as lrpjax.relevance gives it
         Rx = lrpjax.relevance(folded, x, composite=comp)
@@ -107,10 +110,10 @@ def test_train_resnet_updates_weights_and_running_stats():
     y = (x[:, :6].mean(axis=(1, 2, 3)) > x[:, 6:].mean(axis=(1, 2, 3))).astype(np.int32)
     model = resnet.ResNet(2, (4,), rngs=nnx.Rngs(0), size=SIZE)
     kernel0 = np.asarray(model.stem.kernel[...]).copy()
-    record = resnet.train_resnet(model, x, y, epochs=2, batch_size=32, learning_rate=1e-2)
+    record = train_resnet(model, x, y, epochs=2, batch_size=32, learning_rate=1e-2)
     assert record["steps"] == 4 and np.all(np.isfinite(record["losses"]))
     assert model.stem_bn.use_running_average is True  # left in eval mode
     assert not np.allclose(np.asarray(model.stem_bn.mean[...]), 0.0)
     assert not np.array_equal(np.asarray(model.stem.kernel[...]), kernel0)
     with pytest.raises(ValueError, match="batch_size"):
-        resnet.train_resnet(model, x[:8], y[:8], batch_size=32)
+        train_resnet(model, x[:8], y[:8], batch_size=32)

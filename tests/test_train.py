@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lrpjax import train as T
-from lrpjax.models import build
+from lrpjax.lab import checkpoints as CK
+from lrpjax.lab import train as T
+from lrpjax.lab.models import build
 
 TINY = T.TrainConfig(model="mlp", source="mnist5k", epochs=1, batch_size=32, n_train=192,
                      n_test=100)
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params(model: nnx.Module) -> dict[str, np.ndarray]:
-    return T._flat_arrays(model)
+    return CK.flat_arrays(model)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def tiny_mlp():
 
 
 def test_training_steps_reduce_the_loss():
-    from lrpjax.data import load_mnist
+    from lrpjax.lab.data import load_mnist
 
     ds = load_mnist("train", source="mnist5k")
     images, labels = jnp.asarray(ds.images[:64]), jnp.asarray(ds.labels[:64])
@@ -89,31 +90,31 @@ def test_nonpositive_biases_after_training():
 
 def test_save_load_round_trip(tiny_mlp, tmp_path):
     model, card = tiny_mlp
-    stem = T.save(tmp_path / "mlp", model, card)
+    stem = CK.save(tmp_path / "mlp", model, card)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.json", "mlp.npz"]
     with np.load(stem.with_suffix(".npz")) as npz:
         assert "dense1/kernel" in npz.files
     fresh = build("mlp", rngs=nnx.Rngs(42))
-    assert T.load(tmp_path / "mlp.npz", fresh) == card
+    assert CK.load(tmp_path / "mlp.npz", fresh) == card
     x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
     np.testing.assert_array_equal(fresh(x), model(x))
     with jax.enable_x64(True):  # a float32 checkpoint fills a float64 build
         wide = build("mlp", rngs=nnx.Rngs(0), param_dtype=jnp.float64)
-        T.load(stem, wide)
+        CK.load(stem, wide)
         assert wide.dense1.kernel[...].dtype == jnp.float64
         np.testing.assert_allclose(wide(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_load_mismatched_architecture_names_the_problem(tiny_mlp, tmp_path):
     model, card = tiny_mlp
-    T.save(tmp_path / "mlp", model, card)
+    CK.save(tmp_path / "mlp", model, card)
     with pytest.raises(ValueError, match=r"missing key 'conv1/kernel'.*unexpected key 'dense3"):
-        T.load(tmp_path / "mlp", build("cnn", rngs=nnx.Rngs(0)))
-    arrays = T._flat_arrays(model)
+        CK.load(tmp_path / "mlp", build("cnn", rngs=nnx.Rngs(0)))
+    arrays = CK.flat_arrays(model)
     arrays["dense2/kernel"] = np.zeros((300, 50), np.float32)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match=r"shape mismatch for 'dense2/kernel'.*\(300, 50\)"):
-        T.load(tmp_path / "bad", build("mlp", rngs=nnx.Rngs(0)))
+        CK.load(tmp_path / "bad", build("mlp", rngs=nnx.Rngs(0)))
 
 
 def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lrpjax.io import Member, atomic_write_bytes, file_lock, read_npz
+from lrpjax.files import Member, atomic_write_bytes, file_lock, read_npz
 
 __all__ = [
     "CACHE_VERSION",

@@ -1,4 +1,4 @@
-"""Training, checkpointing and caching of the MNIST models of :mod:`lrpjax.models`.
+"""Training and cached training of the MNIST models of :mod:`lrpjax.lab.models` and the ResNet.
 
 The loop is functional: the model is split into a graph definition and its parameters; each
 minibatch step (random +-``shift`` pixel translations, label-smoothed cross-entropy, AdamW with a
@@ -9,9 +9,7 @@ configuration give identical parameters.
 For ``nonpositive_bias`` models (Montavon et al. 2018, Sec. 6: "biases <= 0") every bias is
 projected onto b <= 0 after each optimizer step.
 
-Checkpoints are two files written atomically: ``<stem>.npz`` (the flattened ``nnx.state`` with
-'/'-joined path keys) and ``<stem>.json`` (the model card, with the sha256 of the ``.npz``).
-:func:`load_or_train` caches them under ``checkpoints/<name>-<hash>`` where the hash covers the
+:func:`load_or_train` caches checkpoints (:mod:`lrpjax.lab.checkpoints`) under ``checkpoints/<name>-<hash>`` where the hash covers the
 configuration, a digest of the training data's content and the parameter shapes, so any change
 of these trains afresh. A checkpoint that cannot be read, does not fit, holds non-finite values
 or differs from its card's sha256 is reported (a warning) and retrained. Processes training the
@@ -24,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +37,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lrpjax.data import download_mnist, load_mnist, source_digest
-from lrpjax.io import (
-    Member,
-    NpzMismatchError,
-    atomic_write_bytes,
-    atomic_write_text,
-    file_lock,
-    file_sha256,
-    read_json_object,
-    read_npz,
-)
-from lrpjax.models import build
+from lrpjax.core import is_bias_path
+from lrpjax.files import file_lock
+from lrpjax.lab.checkpoints import flat_arrays, load, save
+from lrpjax.lab.data import download_mnist, load_mnist, source_digest
+from lrpjax.lab.models import build
 
 __all__ = [
     "TrainConfig",
@@ -58,12 +49,11 @@ __all__ = [
     "augment",
     "cache_path",
     "default_config",
-    "evaluate",
-    "load",
     "load_or_train",
+    "logits",
     "project_nonpositive_bias",
-    "save",
     "train",
+    "train_resnet",
 ]
 
 TRAIN_VERSION = 1  # bump when the training algorithm changes: invalidates cached checkpoints
@@ -74,7 +64,7 @@ class TrainConfig:
     """Everything that determines a trained model (hashed into the cache file name)."""
 
     model: str = "cnn"
-    source: str = "auto"  # "auto" | "full" | "mnist5k" (see lrpjax.data.load_mnist)
+    source: str = "auto"  # "auto" | "full" | "mnist5k" (see lrpjax.lab.data.load_mnist)
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 3e-3  # peak of the warm-up + cosine schedule
@@ -118,14 +108,10 @@ def augment(x: jax.Array, shifts: jax.Array, max_shift: int) -> jax.Array:
     return jax.vmap(crop)(padded, shifts)
 
 
-def _is_bias(path: tuple) -> bool:
-    return any(getattr(k, "key", getattr(k, "name", None)) == "bias" for k in path)
-
-
 def project_nonpositive_bias(params: Any) -> Any:
     """Projection onto the set {b <= 0}: clip every leaf whose path contains 'bias'."""
     return jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.minimum(v, 0) if _is_bias(p) else v, params
+        lambda p, v: jnp.minimum(v, 0) if is_bias_path(p) else v, params
     )
 
 
@@ -140,7 +126,7 @@ def _optimizer(config: TrainConfig, steps: int) -> optax.GradientTransformation:
     )
 
     def kernel_mask(params: Any) -> Any:
-        return jax.tree_util.tree_map_with_path(lambda p, _: not _is_bias(p), params)
+        return jax.tree_util.tree_map_with_path(lambda p, _: not is_bias_path(p), params)
 
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=kernel_mask)
 
@@ -185,7 +171,7 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Arra
     return nnx.merge(graphdef, state)(x)
 
 
-def evaluate(model: nnx.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def logits(model: nnx.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Class scores (logits) of ``model`` for ``images``, computed in jit-compiled batches."""
     graphdef, state = nnx.split(model)
     out = [np.asarray(_forward(graphdef, state, images[i : i + batch_size]))
@@ -195,7 +181,7 @@ def evaluate(model: nnx.Module, images: np.ndarray, batch_size: int = 500) -> np
 
 def accuracy(model: nnx.Module, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of ``images`` whose arg-max class score equals the label."""
-    return float(np.mean(evaluate(model, images).argmax(-1) == np.asarray(labels)))
+    return float(np.mean(logits(model, images).argmax(-1) == np.asarray(labels)))
 
 
 def _versions() -> dict[str, str]:
@@ -206,7 +192,7 @@ def _versions() -> dict[str, str]:
 
 
 def _architecture(model: nnx.Module) -> dict[str, Any]:
-    shapes = {k: list(v.shape) for k, v in _flat_arrays(model).items()}
+    shapes = {k: list(v.shape) for k, v in flat_arrays(model).items()}
     return {"class": type(model).__name__, "pool": getattr(model, "pool", None),
             "parameters": int(sum(np.prod(s) for s in shapes.values())), "shapes": shapes}
 
@@ -272,69 +258,10 @@ def train(config: TrainConfig, *, verbose: bool = True) -> tuple[nnx.Module, dic
     return model, card
 
 
-# ---------------------------------------------------------------- checkpoints
-def _flat_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
-    """The model's whole ``nnx.state`` as {'dense1/kernel': array, ...}."""
-    flat = nnx.to_flat_state(nnx.state(model))
-    return {"/".join(map(str, path)): np.asarray(var[...]) for path, var in flat}
-
-
-def _stem(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".npz", ".json") else path
-
-
-def save(path: str | os.PathLike, model: nnx.Module, card: dict[str, Any]) -> Path:
-    """Write ``<path>.npz`` (parameters) and ``<path>.json`` (card), each atomically.
-
-    Sets ``card["weights_sha256"]`` to the sha256 of the ``.npz`` bytes (checked by :func:`load`).
-    """
-    stem = _stem(path)
-    buffer = io.BytesIO()
-    np.savez(buffer, **_flat_arrays(model))
-    card["weights_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
-    atomic_write_bytes(stem.with_suffix(".npz"), buffer.getvalue())
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(card, indent=2, sort_keys=True) + "\n")
-    return stem
-
-
-def load(path: str | os.PathLike, model: nnx.Module) -> dict[str, Any]:
-    """Fill the freshly built ``model`` from ``<path>.npz`` and return the card of ``<path>.json``.
-
-    Arrays are cast to the model's dtypes (a float32 checkpoint loads into a float64 build).
-    Raises ``ValueError`` naming the file and the problem: an unreadable card or archive, a
-    ``.npz`` whose sha256 differs from the card's ``weights_sha256``, missing / unexpected keys,
-    mismatched shapes or dtype kinds (checked from the headers, before any data is read) and
-    non-finite values. The model is changed only when everything fits.
-    """
-    stem = _stem(path)
-    npz_path, card_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
-    card = read_json_object(card_path) if card_path.exists() else {}
-    recorded = card.get("weights_sha256")
-    if recorded is not None and file_sha256(npz_path) != recorded:
-        raise ValueError(f"checkpoint {npz_path}: sha256 differs from the card's weights_sha256 "
-                         f"{recorded} (the weights changed after saving)")
-    flat = nnx.to_flat_state(nnx.state(model))
-    expected = {"/".join(map(str, p)): v for p, v in flat}
-    specs = {k: Member(tuple(v[...].shape), np.dtype(v[...].dtype).kind)
-             for k, v in expected.items()}
-    try:
-        stored = read_npz(npz_path, specs)
-    except NpzMismatchError as err:
-        raise ValueError(f"checkpoint {stem} does not fit {type(model).__name__}: "
-                         + "; ".join(err.problems)) from None
-    bad = [k for k, a in stored.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
-    if bad:
-        raise ValueError(f"checkpoint {npz_path}: non-finite values in {', '.join(bad)}")
-    for key, var in expected.items():
-        var[...] = jnp.asarray(stored[key], dtype=var[...].dtype)
-    return card
-
-
 # ---------------------------------------------------------------- cache
 def cache_path(config: TrainConfig, cache_dir: str | os.PathLike = "checkpoints") -> Path:
     """``<cache_dir>/<model>-<hash>``; the hash covers the config, the content of its data
-    source (:func:`lrpjax.data.source_digest`), the parameter shapes and ``TRAIN_VERSION``."""
+    source (:func:`lrpjax.lab.data.source_digest`), the parameter shapes and ``TRAIN_VERSION``."""
     abstract = nnx.eval_shape(lambda: build(config.model, rngs=nnx.Rngs(0)))
     shapes = {"/".join(map(str, p)): list(v.get_value().shape)
               for p, v in nnx.to_flat_state(nnx.state(abstract))}
@@ -408,3 +335,68 @@ def _load_cached(
     if verbose:
         print(f"{config.model}: loaded {stem} (card: test accuracy {card.get('test_accuracy')})")
     return model, card
+
+
+# ---------------------------------------------------------------- the ResNet
+def train_resnet(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 4,
+                 batch_size: int = 64, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
+                 seed: int = 0, time_limit: float | None = None) -> dict[str, Any]:
+    """Train ``model`` in place with BatchNorm in training mode (cross-entropy, AdamW with
+    linear warm-up over 10 % of the steps and cosine decay to 0); returns a record (steps,
+    seconds, losses per epoch) and leaves the model in ``eval()`` mode.
+
+    With ``time_limit`` (seconds, compilation included) the schedule is re-planned from the
+    measured step time, so a slow machine trains fewer steps but still anneals to 0.
+    """
+    n = len(images)
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training images")
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay))
+    opt_state = tx.init(params)
+
+    def loss_fn(m: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, rest, opt_state, x, y, lr):
+        m = nnx.merge(graphdef, params, rest)
+        loss, grads = nnx.value_and_grad(loss_fn)(m, x, y)  # updates m's running statistics
+        updates, opt_state = tx.update(grads, opt_state, params)
+        _, _, rest = nnx.split(m, nnx.Param, ...)
+        updates = jax.tree.map(lambda u: -lr * u, updates)
+        return optax.apply_updates(params, updates), rest, opt_state, loss
+
+    def lr_at(k: int, total: int) -> float:
+        warm = max(1, total // 10)
+        return learning_rate * min((k + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(k / total, 1))))
+
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    rng, losses, done = np.random.default_rng(seed), [], 0
+    total = planned = epochs * steps
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size)
+        epoch = []
+        for idx in order:
+            params, rest, opt_state, loss = step(params, rest, opt_state, images[idx],
+                                                 labels[idx], lr_at(done, total))
+            epoch.append(float(loss))  # synchronous: the clock below measures real steps
+            done += 1
+            if done == 1:
+                first = time.perf_counter()
+            elif time_limit is not None and done % 10 == 0:
+                now = time.perf_counter()
+                left = time_limit - (now - start)
+                total = min(planned, done + max(0, int(left / ((now - first) / (done - 1)))))
+            if done >= total:
+                break
+        if epoch:
+            losses.append(float(np.mean(epoch)))
+        if done >= total:
+            break
+    nnx.update(model, params, rest)
+    model.eval()
+    return {"steps": done, "seconds": round(time.perf_counter() - start, 2), "losses": losses}

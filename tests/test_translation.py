@@ -1,4 +1,4 @@
-"""Tests of lrpjax.wrappers.translation_trick: R̄(x) = 1/|T| sum_τ τ^{-1} R(τx)."""
+"""Tests of lrpjax.translation.translation_trick: R̄(x) = 1/|T| sum_τ τ^{-1} R(τx)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from flax import nnx
 
 import lrpjax
 from lrpjax.composites import Alpha1Beta0
-from lrpjax.models import MLP
-from lrpjax.wrappers import DEFAULT_SHIFTS, shift_set, translate, translation_trick
+from lrpjax.lab.models import MLP
+from lrpjax.translation import DEFAULT_SHIFTS, shift_set, translate, translation_trick
 
 RNG = np.random.default_rng(0)
 

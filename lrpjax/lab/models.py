@@ -3,7 +3,7 @@
 * :class:`MLP` - the LRP tutorial's MNIST network 784-300-100-10 with ReLU activations.
 * :class:`CNN` - a small ReLU convnet following the recommendations of Montavon et al. (2018),
   Sec. 6: few dense layers, sum/average pooling (``pool="avg"``; ``"max"`` for comparison) and,
-  optionally, non-positive biases (enforced by the training loop, see :mod:`lrpjax.train`).
+  optionally, non-positive biases (enforced by the training loop, see :mod:`lrpjax.lab.train`).
 * :class:`MaxNet` - the two-input ReLU network of the paper's Fig. 6,
   f(x) = max(0, 1/2 max(0, x1 - x2) + 1/2 max(0, x2 - x1) + 1/2 max(0, x1 + x2)),
   which equals max(x1, x2) on the positive quadrant.

