@@ -36,6 +36,20 @@ def neg(a: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------- im2col for SAME convolutions
+def gamma_four_terms(W: np.ndarray, a: np.ndarray, b: np.ndarray, R_out: np.ndarray,
+                     gamma: float, eps: float, zero_bias: bool = False) -> np.ndarray:
+    """Zennit's Gamma for a dense layer z = a W + b, the four terms written out: branches from
+    the real z; ``zero_bias`` drops b from the denominators only."""
+    ap, an = pos(a), neg(a)
+    P, M = W + gamma * pos(W), W + gamma * neg(W)
+    bb = np.zeros_like(b) if zero_bias else b
+    bP, bM = bb + gamma * pos(bb), bb + gamma * neg(bb)
+    z = a @ W + b
+    s_p = np.where(z > 0, R_out / stab(ap @ P + an @ M + bP, eps), 0.0)
+    s_n = np.where(z < 0, R_out / stab(ap @ M + an @ P + bM, eps), 0.0)
+    return ap * (s_p @ P.T + s_n @ M.T) + an * (s_p @ M.T + s_n @ P.T)
+
+
 def im2col(a: np.ndarray, kh: int, kw: int) -> np.ndarray:
     """(N,H,W,C) -> (N*H*W, kh*kw*C) patches with zero padding (SAME, stride 1)."""
     n, h, w, c = a.shape

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from reference_lrp import gamma_four_terms
 
 import lrpjax
 from lrpjax import composites as C
@@ -35,22 +36,6 @@ def test_gamma_zero_bias_takes_the_branch_of_the_real_output():
                                [[-8 / 3, 5 / 3]], rtol=1e-5)
 
 
-def _gamma_four_terms(W, a, b, R_out, gamma, eps, zero_bias):
-    """Zennit's Gamma in float64 NumPy: masks from z = a W + b, denominators without b."""
-    ap, an = np.maximum(a, 0), np.minimum(a, 0)
-    P, M = W + gamma * np.maximum(W, 0), W + gamma * np.minimum(W, 0)
-    bb = np.zeros_like(b) if zero_bias else b
-    bP, bM = bb + gamma * np.maximum(bb, 0), bb + gamma * np.minimum(bb, 0)
-    z = a @ W + b
-
-    def stab(d):
-        return d + eps * np.where(d >= 0, 1.0, -1.0)
-
-    s_p = np.where(z > 0, R_out / stab(ap @ P + an @ M + bP), 0.0)
-    s_n = np.where(z < 0, R_out / stab(ap @ M + an @ P + bM), 0.0)
-    return ap * (s_p @ P.T + s_n @ M.T) + an * (s_p @ M.T + s_n @ P.T)
-
-
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_gamma_zero_bias_all_forms_match_the_four_term_reference(nonneg):
     """The general form, the a >= 0 form and the gated one-transpose form (where R = 0 at
@@ -67,13 +52,13 @@ def test_gamma_zero_bias_all_forms_match_the_four_term_reference(nonneg):
         p = {"kernel": jnp.asarray(W), "bias": jnp.asarray(b)}
         args = (dense, p, (jnp.asarray(a),), jnp.asarray(z))
         (got,) = rule(*args, jnp.asarray(R_out), nonneg=(nonneg,))
-        np.testing.assert_allclose(got, _gamma_four_terms(W, a, b, R_out, 0.25, 1e-6, True),
+        np.testing.assert_allclose(got, gamma_four_terms(W, a, b, R_out, 0.25, 1e-6, True),
                                    rtol=1e-10, atol=1e-12)
         if nonneg:  # gated: valid where no relevance arrives at z < 0
             gated_R = np.where(z > 0, R_out, 0.0)
             (fast,) = rule(*args, jnp.asarray(gated_R), nonneg=(True,), gated=True)
             np.testing.assert_allclose(
-                fast, _gamma_four_terms(W, a, b, gated_R, 0.25, 1e-6, True), rtol=1e-10,
+                fast, gamma_four_terms(W, a, b, gated_R, 0.25, 1e-6, True), rtol=1e-10,
                 atol=1e-12)
             # ... and the gated form is really taken for zero_bias (it drops s_n)
             (dropped,) = rule(*args, jnp.asarray(R_out), nonneg=(True,), gated=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_lrp import gamma_four_terms
 
 from lrpjax import rules as R
 
@@ -32,20 +33,6 @@ def _layer(seed: int, n_in: int = 256, n_out: int = 64, nonneg: bool = False, ca
     return W, a, b
 
 
-def _gamma_reference(W, a, b, R_out, gamma, eps):
-    ap, an = np.maximum(a, 0), np.minimum(a, 0)
-    P, M = W + gamma * np.maximum(W, 0), W + gamma * np.minimum(W, 0)
-    bP, bM = b + gamma * np.maximum(b, 0), b + gamma * np.minimum(b, 0)
-    z = a @ W + b
-
-    def stab(d):
-        return d + eps * np.where(d >= 0, 1.0, -1.0)
-
-    s_p = np.where(z > 0, R_out / stab(ap @ P + an @ M + bP), 0.0)
-    s_n = np.where(z < 0, R_out / stab(ap @ M + an @ P + bM), 0.0)
-    return ap * (s_p @ P.T + s_n @ M.T) + an * (s_p @ M.T + s_n @ P.T)
-
-
 def _rel(x, ref):
     return float(np.max(np.abs(np.asarray(x, np.float64) - ref)) / np.max(np.abs(ref)))
 
@@ -56,7 +43,7 @@ def _rel(x, ref):
 def test_gamma_float32_matches_four_term_float64(seed, gamma, nonneg):
     W, a, b = _layer(seed, nonneg=nonneg)
     R_out = np.random.default_rng(100 + seed).normal(size=(3, W.shape[1]))
-    ref = _gamma_reference(W, a, b, R_out, gamma, 1e-6)
+    ref = gamma_four_terms(W, a, b, R_out, gamma, 1e-6)
     p32 = {"kernel": jnp.asarray(W, jnp.float32), "bias": jnp.asarray(b, jnp.float32)}
     a32 = jnp.asarray(a, jnp.float32)
     (got,) = R.Gamma(gamma)(dense, p32, (a32,), dense(p32, a32), jnp.asarray(R_out, jnp.float32))
