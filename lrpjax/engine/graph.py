@@ -154,6 +154,7 @@ def _frames(eqn: Any) -> list:
 
 
 _JAX = _LIBS[:2] + _LIBS[3:]  # everything but Flax
+_LAB = os.path.join(_LIBS[3], "lab") + os.sep  # lrpjax.lab's models are user code
 
 
 def where(eqn: Any, user_only: bool = False) -> str:
@@ -163,7 +164,7 @@ def where(eqn: Any, user_only: bool = False) -> str:
     frames = [f for f in _frames(eqn) if "<frozen" not in f.file_name]
     for libs in (_LIBS,) if user_only else (_LIBS, _JAX):
         for fr in frames:
-            if not fr.file_name.startswith(libs):
+            if not fr.file_name.startswith(libs) or fr.file_name.startswith(_LAB):
                 return f"{os.path.basename(fr.file_name)}:{fr.line_num} ({fr.function_name})"
     return "?"
 

@@ -33,11 +33,14 @@ _FOLLOW = ("broadcast_in_dim", "reshape", "expand_dims", "squeeze", "transpose",
            "convert_element_type", "copy", "copy_p", "slice", "reduce_precision")
 _ELEMENTWISE = ("add", "sub", "mul", "div", "neg", "sqrt", "rsqrt", "integer_pow", "pow",
                 "max", "min", "exp", "log", "abs", "square", "stop_gradient")
+_REDUCED = ("reduction", "normalizer")
 
 
 def origins(eqns: list, R: Any, level: Any) -> dict:
-    """Per relevance-carrying variable: "normalizer" (a reduction of x, possibly rescaled,
-    broadcast), "attention" (a softmax's output), "gate" (an activation's output) or absent."""
+    """Per relevance-carrying variable: "reduction" (a sum of x, possibly rescaled, shifted,
+    broadcast: a mean), "normalizer" (a nonlinear function of reductions: 1 / std, a max),
+    "attention" (a softmax's output), "gate" (an activation's output) or absent. A mean-pooled
+    vector is a reduction, not a normaliser: its own norm is the factor held constant."""
     tag: dict = {}
     for i, eqn in enumerate(eqns):
         outs = [v for v in eqn.outvars if R(v)]
@@ -54,11 +57,16 @@ def origins(eqns: list, R: Any, level: Any) -> dict:
             for v in outs:
                 tag[v] = "attention" if called == "softmax" else "gate"
             continue
+        reduced = bool(ins) and all(x in _REDUCED for x in ins)
         if name in _REDUCE:
-            t = "normalizer"
+            t = "reduction" if name == "reduce_sum" and ins != ["normalizer"] else "normalizer"
+        elif name == "div" and reduced and R(eqn.invars[1]):
+            t = "normalizer"  # a reciprocal
         elif (name in _FOLLOW or name in ("mul", "div", "neg", "select_n")) and len(ins) == 1:
             t = ins[0]  # moved, scaled or masked by a constant: still the same kind of factor
-        elif name in _ELEMENTWISE and ins and all(x == "normalizer" for x in ins):
+        elif name in ("add", "sub", "add_any") and reduced:
+            t = "normalizer" if "normalizer" in ins else "reduction"
+        elif name in _ELEMENTWISE and reduced:
             t = "normalizer"
         else:
             t = None
@@ -94,7 +102,8 @@ def constant_operands(eqn: Any, R: Any, tag: dict, ctx: Any) -> set[int]:
         return set()
     const = set()
     if rule_for(ctx, "normalizer") is not None:
-        norm = [k for k in rel if tag.get(eqn.invars[k]) == "normalizer"]
+        norm = [k for k in rel if tag.get(eqn.invars[k]) == "normalizer"
+                or (eqn.primitive.name == "div" and k == 1 and tag.get(eqn.invars[k]) in _REDUCED)]
         if len(norm) == 1 and (eqn.primitive.name != "div" or norm == [1]):
             const.update(norm)
     product = rule_for(ctx, "product")

@@ -20,8 +20,8 @@ from flax import linen as nn
 from flax import nnx
 
 from .flax_linen import _linen_marked, linen_leaf_calls, linen_path
-from .marks import LINEN_IDENTITY, _is_array, new_token, scope_name
 from .flax_nnx import _nnx_marked, check_eval_mode
+from .marks import LINEN_IDENTITY, _is_array, new_token, scope_name
 
 __all__ = ["LINEN_IDENTITY", "build", "check_eval_mode", "linen_leaf_calls", "linen_path",
            "new_token", "scope_name", "split"]
