@@ -19,7 +19,15 @@ import numpy as np
 
 from . import engine, frontends
 from .composites import Composite
-from .explain import Target, _check_input, _split_target, lrp_function, output_relevance
+from .explain import (
+    Target,
+    _check_input,
+    _check_target,
+    _float32_for_half,
+    _split_target,
+    lrp_function,
+    output_relevance,
+)
 
 __all__ = ["LayerRelevance", "LayerSum", "RelevanceSums", "layer_relevance", "relevance_sums"]
 
@@ -44,11 +52,16 @@ def layer_relevance(
     """``(rows, heatmap)``: relevance arrays at every layer (or those whose path matches one
     of the globs in ``layers``), one row per call in forward order, and the input heatmap
     (equal to :func:`lrpjax.relevance`'s). The layers are the rows of :func:`lrpjax.describe`.
+    Checked like :func:`lrpjax.relevance`: a target out of range raises, half precision is
+    computed in float32, and a relevance that overflows (not finite where x and f(x) are)
+    raises ``ValueError`` naming the first layer, in backward order, where it happened.
     """
     x = _check_input(x)
     target_fn, target_arr = _split_target(target)
-    target = target_fn if target_fn is not None else target_arr
     static, dynamic = frontends.split(model, variables, params, model_kwargs)
+    x, dynamic = _float32_for_half(x, dynamic)
+    _check_target(static, dynamic, x, target_arr)
+    target = target_fn if target_fn is not None else target_arr
     globs = ("*",) if layers is None else ((layers,) if isinstance(layers, str) else tuple(layers))
     meta: list = []
 
@@ -67,9 +80,16 @@ def layer_relevance(
             return engine.run(plan, [*leaves, b], taps)[0]
 
         y, pull = jax.vjp(probed, a, zeros)
-        return pull(output_relevance(y, target, output_relevance_mode))
+        r = output_relevance(y, target, output_relevance_mode)
+        # every rule is linear in R: pull r 2^-k and scale back by 2^k (exact), as relevance()
+        m = jnp.max(jnp.where(jnp.isfinite(r), jnp.abs(r), 0))
+        k = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(m, 1))), 0, jnp.finfo(r.dtype).maxexp // 2)
+        scale = jnp.ldexp(jnp.ones((), r.dtype), k.astype(jnp.int32))
+        heat, probes = pull(r / scale)
+        return heat * scale, [p * scale for p in probes], y
 
-    heatmap, per_probe = jax.jit(run)(dynamic, x)
+    heatmap, per_probe, y = jax.jit(run)(dynamic, x)
+    _raise_on_overflow(meta, per_probe, heatmap, y)
     rows: list[LayerRelevance] = []
     pending: list[np.ndarray] = []
     for (path, role, (kind, rule)), r in zip(meta, per_probe, strict=True):
@@ -79,6 +99,21 @@ def layer_relevance(
             rows.append(LayerRelevance(path, kind, rule, np.asarray(r), tuple(pending)))
             pending = []
     return rows, np.asarray(heatmap)
+
+
+def _raise_on_overflow(meta: list, per_probe: list, heatmap: Any, y: Any) -> None:
+    """Raise where relevance is not finite although f(x) is (x was checked finite): name the
+    layer nearest the output whose relevance overflowed, i.e. where the overflow began."""
+    if not all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(y)):
+        return  # f(x) itself is not finite: nothing to blame on the rules
+    arrays = [heatmap, *per_probe]  # forward order: the heatmap, then each layer's in / out
+    names = ["input heatmap"] + [f"{role}put of {path!r}" for path, role, _ in meta]
+    bad = [i for i, r in enumerate(arrays) if not np.isfinite(np.asarray(r)).all()]
+    if bad:
+        raise ValueError(
+            f"relevance at the {names[bad[-1]]} is not finite although x and f(x) are: a "
+            f"value overflowed its dtype ({np.asarray(heatmap).dtype}); rescale the input or "
+            "the model, choose a larger epsilon, or compute in float64 (jax_enable_x64)")
 
 
 # ---------------------------------------------------------------- sums per layer
