@@ -331,9 +331,12 @@ def update_results(
 ) -> dict[str, Any]:
     """Set ``results[section] = values`` in the JSON file at ``path`` (atomic read-modify-write).
 
-    Each experiment script owns one section, so scripts can run in any order.
+    Each experiment script owns one section, so scripts can run in any order, also at the same
+    time: the read-modify-write holds a lock (``<path>.lock``), so no section is lost.
     """
-    results = read_results(path)
-    results[section] = _jsonable(values)
-    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    path = Path(path)
+    with file_lock(path.with_name(path.name + ".lock")):
+        results = read_results(path)
+        results[section] = _jsonable(values)
+        atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
