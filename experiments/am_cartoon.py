@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lrpjax.files import update_results
+from lrpjax.lab.claims import claim
 from lrpjax.lab.plot import save_figure
 from lrpjax.maximize import am_program, class_log_prob, l2_regularizer
 
@@ -163,6 +164,17 @@ fig.suptitle("AM for class ω₁ from the data mean (●) to the prototype x* (�
              "maximised function (bright = high)", fontsize=9)
 save_figure(fig, out / "am_cartoon.png")
 
+a, b, c, d = (results[k] for k in "abcd")
+results["claims"] = [
+    claim("plain AM maximises p(ω|x) but its prototype is unlikely under the data: an expert "
+          "p(x) makes it more natural", "AM with an expert; slides (a) vs (c)",
+          c["log_p_kde"] > a["log_p_kde"] and c["p_class1"] > 0.9,
+          f"log p_kde(x*): plain {a['log_p_kde']:.2f} vs fitted expert {c['log_p_kde']:.2f}; "
+          f"p(ω₁|x*) {a['p_class1']:.3f} vs {c['p_class1']:.3f}"),
+    claim("optimising the expert alone hides what the classifier does (slides (d))",
+          "slides (d)", d["p_class1"] < c["p_class1"],
+          f"p(ω₁|x*): expert alone {d['p_class1']:.3f} vs classifier + expert {c['p_class1']:.3f}"),
+]
 results["seconds"] = time.perf_counter() - start
 update_results("am_cartoon", results, path=out / "results.json")
 print(f"wrote {out / 'am_cartoon.png'} in {results['seconds']:.1f} s")

@@ -46,6 +46,7 @@ import lrpjax
 from lrpjax.composites import Alpha1Beta0, AlphaBetaAll, Composite, EpsilonGammaBox, LRPTutorial
 from lrpjax.evaluate import pixel_flipping
 from lrpjax.files import update_results
+from lrpjax.lab.claims import claim
 from lrpjax.lab.data import load_mnist
 from lrpjax.lab.plot import grid, save_figure
 from lrpjax.lab.train import TrainConfig, load_or_train
@@ -208,6 +209,23 @@ figure([(mo, me) for me in ("simple_taylor", "lrp_a1b0", "lrp_egb") for mo in ("
        "EGB(0,1) = EpsilonGammaBox: z^B with the pixel box [0, 1] on conv1, gamma = 0.25 on conv2, "
        "epsilon on dense layers.")
 
+# ---- the paper's claims on these numbers (only what this mode computed)
+results["claims"] = []
+for name in ("cnn", "mlp"):
+    ms = results["models"][name]["methods"]
+    ab = [m for m in ("lrp_a1b0", "lrp_a2b1", "lrp_a3b2") if m in ms]
+    if "lrp_a1b0" in ms:
+        ratio = ms["lrp_a1b0"]["conservation_mean"]
+        results["claims"].append(claim(
+            f"LRP-α1β0 conserves relevance up to what the biases absorb ({MODEL_LABEL[name]})",
+            "αβ rule, conservation", abs(ratio - 1) < 0.1,
+            f"mean Σ R / f = {ratio:.3f} over {n_eval} digits"))
+    if len(ab) == 3:
+        neg = [ms[m]["negative_share"] for m in ab]
+        results["claims"].append(claim(
+            f"a larger β in LRP-αβ puts more relevance on negative evidence ({MODEL_LABEL[name]})",
+            "αβ rule (slides: counter-relevance)", bool(neg[0] < neg[1] < neg[2]),
+            "negative share of |R|: " + ", ".join(f"{m[4:]} {v:.3f}" for m, v in zip(ab, neg))))
 results["runtime_s"] = round(time.perf_counter() - start, 1)
 update_results("fig_heatmaps", results, path=out / "results.json")
 if smoke_cache:

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 import lrpjax
 from lrpjax.composites import Uniform
 from lrpjax.files import update_results
+from lrpjax.lab.claims import claim
 from lrpjax.lab.models import MaxNet
 from lrpjax.lab.plot import save_figure
 from lrpjax.rules import ZPlus
@@ -156,6 +157,18 @@ fig.suptitle("Fig. 6: relevance fields of f = max(x1, x2); arrow = (R1, R2) cent
              "longest arrow per panel = one grid cell; dashed: the diagonal x1 = x2", fontsize=10)
 save_figure(fig, out / "fig_maxnet.png")
 
+jumps = {name: results["diagonal"]["delta=0.001"][name]["max_jump_l1"] for name in methods}
+others = [n for n in methods if n != "deep_taylor"]
+results["claims"] = [
+    claim("deep Taylor's relevance field is continuous across x1 = x2, sensitivity's and "
+          "simple Taylor's jump", "continuity, Fig. 6",
+          jumps["deep_taylor"] < 0.01 and min(jumps[n] for n in others) > 0.5,
+          "max L1 jump at δ = 1e-3: " + ", ".join(f"{n} {jumps[n]:.3g}" for n in methods)),
+    claim("deep Taylor conserves relevance: Σ_i R_i = f(x)", "relevance conservation",
+          results["max_abs_conservation_error"]["deep_taylor"] < 1e-9,
+          f"max |Σ R - f| = {results['max_abs_conservation_error']['deep_taylor']:.1e} "
+          f"(float64, {len(pts)} points)"),
+]
 results["runtime_s"] = round(time.perf_counter() - start, 1)
 update_results("fig_maxnet", results, path=out / "results.json")
 for name in methods:
