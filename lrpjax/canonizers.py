@@ -30,7 +30,6 @@ variables.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -41,7 +40,8 @@ import numpy as np
 from flax import nnx
 
 from . import layers
-from .frontends import LINEN_IDENTITY, linen_path
+from .frontends import calls as recorder
+from .frontends.calls import LeafCall, nnx_path
 
 __all__ = ["CanonizerError", "FoldedLinen", "Identity", "batchnorm_pairs", "fold_batchnorm"]
 
@@ -55,62 +55,21 @@ class CanonizerError(ValueError):
     """A model cannot be canonized as requested (the message names the layer and why)."""
 
 
-@dataclass(frozen=True)
-class _Call:
-    path: str
-    module: Any
-    args: tuple
-    kwargs: dict
-    out: Any
-
-
-class _Tap(nnx.Module):
-    """Records (path, module, inputs, output) of each call of a leaf module."""
-
-    def __init__(self, inner: nnx.Module, path: str, log: list):
-        self.inner = inner
-        self.path = path
-        self.log = log
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(*args, **kwargs)
-        self.log.append(_Call(self.path, self.inner, args, dict(kwargs), out))
-        return out
-
-
-def _is_leaf(module: nnx.Module) -> bool:
-    return not any(isinstance(n, nnx.Module) and n is not module
-                   for _, n in nnx.iter_graph(module))
-
-
-def _path(parts: tuple) -> str:
-    return "/".join(str(p) for p in parts)
-
-
-def _trace(model: nnx.Module, x: Any) -> list[_Call]:
+def _trace(model: nnx.Module, x: Any) -> list[LeafCall]:
     """Leaf-module calls of ``model(x)`` in forward order (one abstract evaluation)."""
-    log: list[_Call] = []
     for parts, node in nnx.iter_graph(model):
         if isinstance(node, nnx.BatchNorm) and node.use_running_average is not True:
-            raise CanonizerError(f"cannot fold BatchNorm {_path(parts)!r}: it is in training "
+            raise CanonizerError(f"cannot fold BatchNorm {nnx_path(parts)!r}: it is in training "
                                  "mode (batch statistics); call model.eval() first")
-
-    def tap(parts: tuple, node: Any) -> Any:
-        if isinstance(node, nnx.Module) and _is_leaf(node):
-            return _Tap(node, _path(parts), log)
-        return node
-
-    tapped = nnx.recursive_map(tap, model)
     spec = jax.ShapeDtypeStruct(np.shape(x), x.dtype)
     try:
-        jax.eval_shape(tapped, spec)
+        return recorder.nnx_leaf_calls(model, spec)
     except Exception as err:
         raise ValueError(f"the model cannot be evaluated on an input of shape {spec.shape} and "
                          f"dtype {spec.dtype}: {type(err).__name__}: {err}") from err
-    return log
 
 
-def _check_pair(calls: list[_Call], i: int, counts: Counter) -> str:
+def _check_pair(calls: list[LeafCall], i: int, counts: Counter) -> str:
     """Why the BatchNorm call ``calls[i]`` cannot be folded ("" when it can)."""
     bn = calls[i]
     m: nnx.BatchNorm = bn.module
@@ -213,12 +172,12 @@ def fold_batchnorm(model: Any, x: Any, *, variables: Any = None, check: bool = T
     if not pairs:
         return folded
     linear_of = {bn: lin for lin, bn in pairs}  # bn path -> linear path
-    modules = {_path(p): n for p, n in nnx.iter_graph(folded) if isinstance(n, nnx.Module)}
+    modules = {nnx_path(p): n for p, n in nnx.iter_graph(folded) if isinstance(n, nnx.Module)}
     for bn_path, lin_path in linear_of.items():
         _fold(modules[lin_path], modules[bn_path])
 
     def replace(parts: tuple, node: Any) -> Any:
-        return Identity() if _path(parts) in linear_of else node
+        return Identity() if nnx_path(parts) in linear_of else node
 
     folded = nnx.recursive_map(replace, folded)
     if check and not isinstance(x, jax.core.Tracer) and hasattr(x, "__array__"):
@@ -241,41 +200,13 @@ class FoldedLinen(nn.Module):
     identity: tuple[str, ...]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        paths = frozenset(f"inner/{p}" for p in self.identity)
-        token = LINEN_IDENTITY.set(LINEN_IDENTITY.get() | paths)
-        try:
-            with nn.intercept_methods(_skip_identity):
-                return self.inner(*args, **kwargs)
-        finally:
-            LINEN_IDENTITY.reset(token)
-
-
-def _skip_identity(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
-    if context.method_name == "__call__" and linen_path(context.module) in LINEN_IDENTITY.get():
-        return args[0]
-    return next_fun(*args, **kwargs)
-
-
-def _linen_calls(model: nn.Module, variables: Any, x: Any) -> list[_Call]:
-    log: list[_Call] = []
-
-    def record(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__":
-            log.append(_Call(linen_path(context.module), context.module, args, kwargs, out))
-        return out
-
-    def run(a: Any) -> Any:
-        with nn.intercept_methods(record):
-            return model.apply(variables, a)
-
-    jax.eval_shape(run, jax.ShapeDtypeStruct(np.shape(x), x.dtype))
-    paths = [c.path for c in log]
-    return [c for c in log if c.path and not any(q.startswith(c.path + "/") for q in paths)]
+        with recorder.linen_as_identity(frozenset(f"inner/{p}" for p in self.identity)):
+            return self.inner(*args, **kwargs)
 
 
 def _fold_linen(model: nn.Module, variables: Any, x: Any, check: bool) -> tuple[Any, Any]:
-    calls = _linen_calls(model, variables, x)
+    calls = recorder.linen_leaf_calls(model, variables,
+                                      jax.ShapeDtypeStruct(np.shape(x), x.dtype))
     params = jax.tree.map(np.asarray, dict(variables.get("params", {})))
     identity = []
     for i, call in enumerate(calls):

@@ -6,7 +6,8 @@ Equinox-style module). :func:`split` cuts it into a hashable *static* part (what
 compiles for) and a *dynamic* pytree of arrays (the parameters, traced). :func:`build` puts
 them back together as ``x -> output``; with a ``marks`` list, the NNX and Linen routes also
 mark every leaf module call as a named jit call whose name indexes ``marks``, so the engine
-knows each layer's path and type.
+knows each layer's path and type. :mod:`lrpjax.frontends.calls` records the leaf module calls
+of a forward pass (for the Linen marks and the canonizers).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import jax
 from flax import linen as nn
 from flax import nnx
 
-from .flax_linen import _linen_marked, linen_leaf_calls, linen_path
+from .calls import LINEN_IDENTITY, LeafCall, linen_leaf_calls, linen_path, nnx_leaf_calls
+from .flax_linen import _linen_marked
 from .flax_nnx import _nnx_marked, check_eval_mode
-from .marks import LINEN_IDENTITY, _is_array, new_token, scope_name
+from .marks import _is_array, new_token, scope_name
 
-__all__ = ["LINEN_IDENTITY", "build", "check_eval_mode", "linen_leaf_calls", "linen_path",
-           "new_token", "scope_name", "split"]
+__all__ = ["LINEN_IDENTITY", "LeafCall", "build", "check_eval_mode", "linen_leaf_calls",
+           "linen_path", "new_token", "nnx_leaf_calls", "scope_name", "split"]
 
 
 def _kwargs(model_kwargs: dict | None) -> tuple:

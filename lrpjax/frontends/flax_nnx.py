@@ -13,12 +13,8 @@ import jax
 from flax import nnx
 
 from ..engine import Mark
+from .calls import delegate_to_inner, is_leaf, nnx_path
 from .marks import _marked_call, scope_name
-
-
-def _is_leaf(module: nnx.Module) -> bool:
-    return not any(isinstance(n, nnx.Module) and n is not module
-                   for _, n in nnx.iter_graph(module))
 
 
 class _Marked(nnx.Module):
@@ -49,25 +45,16 @@ class _Scoped(nnx.Module):
             return self.inner(*args, **kwargs)
 
 
-def _delegate(name: str) -> Any:
-    """Other attributes and methods (``embed.attend``) reach the wrapped module."""
-    def get(self: Any, attr: str) -> Any:
-        if attr in ("inner", "path", "marks", "token") or attr.startswith("_"):
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
-    get.__name__ = name
-    return get
-
-
-_Marked.__getattr__ = _delegate("__getattr__")  # type: ignore[method-assign]
-_Scoped.__getattr__ = _delegate("__getattr__")  # type: ignore[method-assign]
+# other attributes and methods (``embed.attend``) reach the wrapped module
+delegate_to_inner(_Marked, ("inner", "path", "marks", "token"))
+delegate_to_inner(_Scoped, ("inner", "path"))
 
 
 def _nnx_marked(model: nnx.Module, marks: list, token: str) -> nnx.Module:
     def wrap(path: tuple, node: Any) -> Any:
         if isinstance(node, nnx.Module) and path and callable(node):
-            name = "/".join(map(str, path))
-            return (_Marked(node, name, marks, token) if _is_leaf(node)
+            name = nnx_path(path)
+            return (_Marked(node, name, marks, token) if is_leaf(node)
                     else _Scoped(node, name))
         return node  # the model itself; containers (nnx.List, nnx.Dict) stay as they are
     return nnx.recursive_map(wrap, model)
@@ -76,7 +63,7 @@ def _nnx_marked(model: nnx.Module, marks: list, token: str) -> nnx.Module:
 def check_eval_mode(model: nnx.Module) -> None:
     """Raise when Dropout or BatchNorm would run in training mode (call ``model.eval()``)."""
     for path, node in nnx.iter_graph(model):
-        name = "/".join(map(str, path)) or "(root)"
+        name = nnx_path(path) or "(root)"
         if (isinstance(node, nnx.Dropout) and not getattr(node, "deterministic", True)
                 and getattr(node, "rate", 0) > 0):
             raise ValueError(f"nnx.Dropout at {name!r} is in training mode (random masks): "

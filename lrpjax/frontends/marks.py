@@ -19,10 +19,6 @@ from ..engine import MARK, SCOPE, Mark
 
 _TOKENS = itertools.count()
 _REENTRY: contextvars.ContextVar[bool] = contextvars.ContextVar("lrpjax_reentry", default=False)
-LINEN_IDENTITY: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
-    "lrpjax_linen_identity", default=frozenset())
-"""Linen module paths whose calls are the identity (BatchNorms folded away, see
-:class:`lrpjax.canonizers.FoldedLinen`)."""
 
 
 def new_token() -> str:
