@@ -54,6 +54,7 @@ class LayerRow:
     source: str  # "composite" | "default" | "table" | "unsupported"
     proven: str = ""  # facts lrpjax.facts proved that the rule uses (cheaper, exact forms)
     where: str = ""  # the user's source line, "file.py:12 (Block.__call__)"
+    held: str = ""  # what the composite holds constant here, e.g. "normaliser held constant"
 
     @property
     def rule_name(self) -> str:
@@ -68,8 +69,8 @@ class LayerRow:
         if self.source == "unsupported":
             return "no rule: plain gradient"
         if self.source == "default":
-            return "default"
-        return ""
+            return "default" + (f"; {self.held}" if self.held else "")
+        return self.held
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,25 @@ def test_flax_attention_and_norm_modules_on_every_route():
     assert sum(r.kind == "product" and r.path.startswith("attn/") for r in rows) == 2
     with pytest.raises(UnsupportedLayerError, match="'ln/square/"):  # LayerNorm's variance
         lrpjax.relevance(model, x, composite=lrpjax.composites.EpsilonPlus(), target=2)
+
+
+def test_describe_says_what_each_preset_holds_constant():
+    """Issue 18, item 7: the norm rows say the normaliser is held (AttnLRP's identity rule);
+    under CP-LRP the A.V row says the attention weights are held and no softmax row remains
+    (no relevance reaches it)."""
+    model = Block(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, D))
+    for cp, preset in ((False, T.AttnLRP()), (True, T.CPLRP())):
+        rows = lrpjax.describe(model, x, composite=preset).rows
+        norm = [r for r in rows if r.path.startswith(("ln/", "rms/")) and r.kind == "affine"
+                or r.path.startswith("rms/") and r.kind == "scale"]
+        assert {r.path.split("/")[0] for r in norm} == {"ln", "rms"}, [r.path for r in rows]
+        assert all("normaliser held constant" in r.note for r in norm)
+        held_attn = [r for r in rows if "attention weights held constant" in r.note]
+        softmax = [r for r in rows if r.kind == "softmax"]
+        if cp:
+            assert len(held_attn) == 1 and held_attn[0].path.startswith("attn/") and not softmax
+        else:
+            assert not held_attn and len(softmax) == 1
+    text = str(lrpjax.describe(model, x, composite=T.CPLRP()))
+    assert "attention weights held constant" in text and "normaliser held constant" in text

@@ -54,6 +54,7 @@ class Site:
     rule: Any = None
     source: str = ""  # "composite" | "default" | "table" | "unsupported"
     facts: dict = field(default_factory=dict)  # proven by lrpjax.facts: nonneg, gated
+    held: str = ""  # what the composite holds constant in this operation (AttnLRP, CP-LRP)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _Level:
     parent: Any = None  # (level, eqn index) of the call this level is the body of
     actions: dict[int, Any] = field(default_factory=dict)
     skip: set[int] = field(default_factory=set)
+    held: dict[int, str] = field(default_factory=dict)  # eqn -> what it holds constant
 
 
 @dataclass
@@ -107,7 +109,7 @@ class Plan:
             rows[s.path] = LayerRow(
                 s.path, s.module_type.__name__ if s.module_type is not _Op else s.op, s.kind,
                 s.rule, s.source, proven=", ".join(sorted(proven, reverse=True)),
-                where=s.where) if row is None else replace(
+                where=s.where, held=s.held) if row is None else replace(
                     row, proven=", ".join(sorted(proven, reverse=True)))
         return Coverage(tuple(rows.values()), composite=repr(composite),
                         structural=tuple(sorted(self.structural.items())))

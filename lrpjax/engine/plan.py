@@ -107,6 +107,12 @@ def _plan_level(jaxpr: Any, rel_in: list[bool], ctx: _Ctx, prefix: str,
     _activation_groups(eqns, R, uses, level, ctx, prefix)
     tag = products.origins(eqns, R, level)
     live, consts = products.liveness(jaxpr, R, tag, ctx, live_out)
+    level.held = {i: products.held_reason(eqns[i], ks, tag) for i, ks in consts.items()}
+    for i, act in list(level.actions.items()):  # an activation whose output a product holds
+        if isinstance(act, _Layer) and act.out not in live:  # constant gets no relevance:
+            del level.actions[i]                             # plain equations, no row
+            level.skip.difference_update(act.members)
+            ctx.sites.remove(act.site)
     for i, eqn in enumerate(eqns):
         if i in level.skip or i in level.actions or not deps[i]:
             continue
@@ -116,7 +122,11 @@ def _plan_level(jaxpr: Any, rel_in: list[bool], ctx: _Ctx, prefix: str,
         rins = [k for k, v in enumerate(eqn.invars) if R(v) and k not in const]
         if not rins or not any(_inexact(v) for v in eqn.outvars):
             continue  # indices, comparisons: no relevance
+        n_sites = len(ctx.sites)
         _plan_eqn(i, eqn, eqns, rins, R, uses, level, ctx, prefix, live, consts)
+        if i in level.held:
+            for s in ctx.sites[n_sites:]:
+                s.held = s.held or level.held[i]
     return level
 
 
@@ -245,6 +255,7 @@ def _plan_affine(i, eqn, eqns, R, uses, level, ctx, prefix, held) -> None:
     shift = any(eqns[m].primitive.name in ("add", "sub") for m in members)
     op = "+".join(eqns[m].primitive.name for m in members)
     s = ctx.site("affine" if shift else "scale", op, eqn, prefix)
+    s.held = "; ".join(dict.fromkeys(level.held[m] for m in members if m in level.held))
     x = eqn.invars[flows(i)[0]]
     consts = tuple(dict.fromkeys(v for m in members for k, v in enumerate(eqns[m].invars)
                                  if not _lit(v) and k not in flows(m)))

@@ -114,6 +114,15 @@ def constant_operands(eqn: Any, R: Any, tag: dict, ctx: Any) -> set[int]:
     return const
 
 
+def held_reason(eqn: Any, positions: set[int], tag: dict) -> str:
+    """Words for what a product holds constant: a normaliser (AttnLRP's identity rule for
+    LayerNorm / RMSNorm / a cosine's norms) or attention weights / a gate (CP-LRP)."""
+    tags = {tag.get(eqn.invars[k]) for k in positions}
+    if tags & {"attention", "gate"}:
+        return "attention weights held constant" if "attention" in tags else "gate held constant"
+    return "normaliser held constant"
+
+
 def liveness(jaxpr: Any, R: Any, tag: dict, ctx: Any, live_out: list[bool] | None
              ) -> tuple[set, dict[int, set[int]]]:
     """(variables relevance reaches, constant operands per product equation)."""
