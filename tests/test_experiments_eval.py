@@ -13,8 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONT_METHODS = {"sensitivity", "simple_taylor", "lrp_a1b0", "lrp_epsgammabox", "lrp_a2b1"}
-FLIP_METHODS = {"sensitivity", "simple_taylor", "lrp_a1b0", "lrp_a2b1", "lrp_eps",
-                "lrp_epsgammabox", "deep_taylor_box", "random"}
+FLIP_METHODS = {"deep_taylor", "simple_taylor", "sensitivity", "random"}  # smoke: these only
 
 
 def _run_smoke(script: str, out: Path) -> dict:
@@ -63,16 +62,34 @@ def test_fig_flipping_smoke(tmp_path):
     results = _run_smoke("fig_flipping.py", tmp_path)["fig_flipping"]
     assert (tmp_path / "fig_flipping.png").read_bytes()[:4] == b"\x89PNG"
     assert results["mode"] == "smoke" and results["target"] == "true label"
-    assert results["patch"] == 4 and results["n_steps"] == 49 and results["n_digits"] >= 1
-    table = results["cnn"]["black"]
-    assert set(table) == FLIP_METHODS and set(results["labels"]) == FLIP_METHODS
-    assert sorted(results["ordering"]) == sorted(FLIP_METHODS)
-    aucs = [table[k]["auc"] for k in results["ordering"]]
-    assert aucs == sorted(aucs)
-    for key, row in table.items():
-        assert _finite(row["auc"], row["aopc"], row["auc_sem"], row["aopc_sem"]), key
-        assert len(row["mean_curve"]) == 50 and _finite(*row["mean_curve"]), key
+    proto = results["protocols"]
+    a, b, c = proto["a_paper"], proto["b_samek"], proto["c_previous"]
+    assert a["patch"] == 4 and a["n_steps"] == 49 and b["window"] == 9 and b["n_seeds"] >= 5
+    assert set(results["labels"]) == FLIP_METHODS
+    n = results["n_digits"]
+    tables = [(a["once"][s], n["once"]) for s in ("relu_logit", "probability")]
+    tables += [(a["recomputed"][s], n["recomputed"]) for s in ("relu_logit", "probability")]
+    tables += [(b[s], n["noise"]) for s in ("logit", "probability")]
+    tables += [(c[m], n["once"]) for m in c if isinstance(c[m], dict)]
+    for table, n_digits in tables:
+        assert table["n"] == n_digits >= 1
+        means = [table["methods"][k]["mean"] for k in table["ranking"]]
+        assert _finite(*means)
+        for k, row in table["methods"].items():  # the mean lies in its bootstrap interval
+            assert row["low"] - 1e-9 <= row["mean"] <= row["high"] + 1e-9, k
+        for pair in table["pairs"]:
+            assert pair["differs"] == (pair["low"] > 0 or pair["high"] < 0)
+    # bounded scores: AUC of p in [0, 1]; AUCs ranked lowest first, AOPC-random highest first
+    for table, _ in tables[:4]:
+        aucs = [table["methods"][k]["mean"] for k in table["ranking"]]
+        assert aucs == sorted(aucs) and all(0.0 <= v for v in aucs)
+    assert max(a["once"]["probability"]["methods"][k]["mean"] for k in FLIP_METHODS) <= 1.0
+    gains = [b["logit"]["methods"][k]["mean"] for k in b["logit"]["ranking"]]
+    assert gains == sorted(gains, reverse=True) and "random" not in b["logit"]["ranking"]
     # every curve starts at the same f(x) (nothing removed yet)
-    starts = [row["mean_curve"][0] for row in table.values()]
-    assert max(starts) - min(starts) < 1e-4
+    starts = [row["mean_curve"][0] for row in a["once"]["logit"]["methods"].values()]
+    assert max(starts) - min(starts) < 1e-4 and len(a["once"]["logit"]["methods"]["random"]
+                                                   ["mean_curve"]) == 50
+    assert results["claims"] and all(set(cl) == {"claim", "paper", "holds", "evidence"}
+                                     and isinstance(cl["holds"], bool) for cl in results["claims"])
     assert isinstance(results["interpretation"], str) and results["interpretation"]
