@@ -22,7 +22,7 @@ from lrpjax.lab.data import load_mnist
 from lrpjax.lab.plot import grid, save_figure
 from lrpjax.lab.train import TrainConfig, accuracy, load_or_train, logits
 
-NAMES = ["mlp", "cnn", "cnn_max", "cnn_nonpos"]
+NAMES = ["mlp", "cnn", "cnn_max", "cnn_nonpos", "cnn_strided"]
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--full", action="store_true", help="longer training (not the quick default)")

@@ -6,7 +6,11 @@
       R̄(x) = 1/|T| sum_{τ in T} τ^{-1} R(τx),
 
   where τ is a small integer translation with zero fill. This smooths heatmaps when the first-layer
-  filters are noisy or strided (checkerboard artefacts).
+  filters are noisy or strided (checkerboard artefacts). :func:`stride_shifts` gives the shift
+  set that averages each pixel over all phases of a stride.
+* :func:`stride_energy` - how much of a heatmap is a pattern of period ``stride``: the share of
+  its 2-D power spectrum (mean removed) at the frequencies k·H/s, l·W/s, the artefact the
+  trick removes.
 
 An explain callable maps a batch (N, H, W, ...) to heatmaps of the same shape; with ``target`` it
 is called as ``explain(x, target)``. Every wrapper here is traceable (``jax.jit``, ``jax.vmap``,
@@ -23,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DEFAULT_SHIFTS", "ExplainFn", "shift_set", "translate", "translation_trick"]
+__all__ = ["DEFAULT_SHIFTS", "ExplainFn", "shift_set", "stride_energy", "stride_shifts", "translate",
+           "translation_trick"]
 
 Array = jax.Array
 ExplainFn = Callable[..., Array]
@@ -74,6 +79,56 @@ def shift_set(radius: int, pattern: str = "square") -> tuple[tuple[int, int], ..
     raise ValueError(f"pattern must be 'square' or 'cross', got {pattern!r}")
 
 
+def stride_shifts(stride: int) -> tuple[tuple[int, int], ...]:
+    """The s^2 shifts (dx, dy) with 0 <= dx, dy < s, s = ``stride``: one full stride period.
+
+    After a first layer of stride s, a pixel's position modulo s (its phase) decides which kernel
+    taps reach it; averaging τ^{-1} R(τx) over these shifts gives every pixel each phase exactly
+    once, so a pattern of period s in R(x) cancels (a symmetric set such as {-1, 0, 1} does not
+    weigh the phases equally when s = 2).
+    """
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    s = int(stride)
+    return tuple((dx, dy) for dy in range(s) for dx in range(s))
+
+
+def stride_energy(R: Any, stride: int) -> np.ndarray:
+    """Share of a heatmap's power at the stride frequencies, per image -> (N,) in [0, 1].
+
+    With the channels summed, R (N, H, W[, C]) -> r (N, H, W), and r̂ the DFT of r - mean(r):
+
+        E_s(r) = sum_{(k, l) in S} |r̂(k, l)|^2 / sum_{(k, l)} |r̂(k, l)|^2,
+        S = {(a H/s, b W/s) : 0 <= a, b < s} minus (0, 0).
+
+    By Parseval this is ||p - mean(r)||^2 / ||r - mean(r)||^2, with p[i, j] the mean of r over
+    the pixels of the same phase (i mod s, j mod s): the share of r's variance that a pattern
+    of period s explains. 1 for any pattern of period s, ~0 for a smooth image, (s^2 - 1) /
+    (HW - 1) expected for white noise; 0 for a constant image (nothing to explain) and for s = 1.
+    ``stride`` must divide H and W. Computed in float64 NumPy (a diagnostic, not traceable).
+    """
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    r = np.asarray(R)  # NumPy, not _check_batch: jnp would round float64 input to float32
+    if r.ndim < 3:
+        raise ValueError(f"R must be a batch of heatmaps (N, H, W) or (N, H, W, C), got shape "
+                         f"{r.shape}")
+    if not np.issubdtype(r.dtype, np.floating):
+        raise TypeError(f"R must be a floating-point array, got dtype {r.dtype}")
+    r = r.astype(np.float64)
+    r = r if r.ndim == 3 else r.reshape(r.shape[:3] + (-1,)).sum(-1)
+    h, w = r.shape[1], r.shape[2]
+    if h % stride or w % stride:
+        raise ValueError(f"stride {stride} does not divide the heatmap size {h} x {w}")
+    if not np.isfinite(r).all():
+        raise ValueError("R contains NaN or inf")
+    power = np.abs(np.fft.fft2(r - r.mean((1, 2), keepdims=True))) ** 2
+    power[:, 0, 0] = 0.0  # the mean is no pattern (0 up to rounding)
+    at_stride = power[:, :: h // stride, :: w // stride].sum((1, 2))
+    total = power.sum((1, 2))
+    return np.where(total > 0, at_stride / np.where(total > 0, total, 1.0), 0.0)
+
+
 def _as_shifts(shifts: Shifts, height: int, width: int) -> np.ndarray:
     """Validate ``shifts`` (a radius or (S, 2) integer (dx, dy) pairs) -> int array (S, 2)."""
     if isinstance(shifts, (int, np.integer)) and not isinstance(shifts, bool):
@@ -116,7 +171,9 @@ def translation_trick(
         R̄(x) = 1/|T| sum_{τ in T} τ^{-1} R(τx),   f̄(x) = 1/|T| sum_{τ in T} f(τx).
 
     ``shifts``: (dx, dy) integer pairs (default: identity and the four 1-pixel moves) or a radius
-    r (all |dx|, |dy| <= r, see :func:`shift_set`). Vectorised over the |T| shifts: with a
+    r (all |dx|, |dy| <= r, see :func:`shift_set`); after a first layer of stride s,
+    :func:`stride_shifts` (s^2 shifts, one stride period) cancels the stride pattern, which a
+    symmetric ±r set only damps. Vectorised over the |T| shifts: with a
     ``target``, one call ``explain(T x, target tiled)`` on a batch of |T| N images (shift-major);
     without, a ``jax.vmap`` over shifts, so each call sees the original batch (N, ...).
 

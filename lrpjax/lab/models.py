@@ -4,13 +4,16 @@
 * :class:`CNN` - a small ReLU convnet following the recommendations of Montavon et al. (2018),
   Sec. 6: few dense layers, sum/average pooling (``pool="avg"``; ``"max"`` for comparison) and,
   optionally, non-positive biases (enforced by the training loop, see :mod:`lrpjax.lab.train`).
+* :class:`CNNStrided` - the CNN with a strided first convolution (5 x 5, stride 2, no pooling
+  after it): the case the translation trick is recommended for (Sec. 6), since its heatmaps carry
+  a stride-periodic pattern.
 * :class:`MaxNet` - the two-input ReLU network of the paper's Fig. 6,
   f(x) = max(0, 1/2 max(0, x1 - x2) + 1/2 max(0, x2 - x1) + 1/2 max(0, x1 + x2)),
   which equals max(x1, x2) on the positive quadrant.
 
 Pooling and flattening use the LRP-aware modules of :mod:`lrpjax.layers`, so every front-end sees
 them. Attributes are declared in call order. The Linen twins (``MLPLinen``, ``CNNLinen``,
-``MaxNetLinen``) name their submodules like the NNX attributes, so :func:`to_linen_variables`
+``CNNStridedLinen``, ``MaxNetLinen``) name their submodules like the NNX attributes, so :func:`to_linen_variables`
 turns an NNX model's parameters into Linen variables with no renaming.
 """
 
@@ -36,7 +39,10 @@ __all__ = [
     "CNN",
     "MLP",
     "MODEL_NAMES",
+    "STRIDE",
     "CNNLinen",
+    "CNNStrided",
+    "CNNStridedLinen",
     "MLPLinen",
     "MaxNet",
     "MaxNetLinen",
@@ -50,6 +56,7 @@ POOLS = ("avg", "max")
 # MaxNet's fixed parameters, (in, out) layout as in nnx.Linear / nn.Dense.
 MAXNET_W1 = ((1.0, -1.0, 1.0), (-1.0, 1.0, 1.0))
 MAXNET_W2 = ((0.5,), (0.5,), (0.5,))
+STRIDE = 2  # first-layer stride of CNNStrided
 
 
 def _check_pool(pool: str) -> str:
@@ -126,6 +133,34 @@ class CNN(nnx.Module):
         return self.dense2(a)
 
 
+class CNNStrided(nnx.Module):
+    """conv5x5x16 stride 2 -> conv5x5x32 -> avg pool -> flatten -> dense 128 -> dense 10 (ReLU).
+
+    The first convolution samples every ``STRIDE``-th position (28 -> 14) instead of pooling:
+    a 5-wide kernel at stride 2 covers alternate pixels 3 and 2 times, so relevance
+    redistributed through it carries a pattern of period 2 (Montavon et al. 2018, Sec. 6,
+    translation trick). Otherwise the same layers as :class:`CNN` (avg pooling after conv2).
+    """
+
+    def __init__(
+        self, *, rngs: nnx.Rngs, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32
+    ):
+        self.pool = "avg"
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        self.conv1 = nnx.Conv(1, 16, (5, 5), strides=STRIDE, padding="SAME", **kw)
+        self.conv2 = nnx.Conv(16, 32, (5, 5), padding="SAME", **kw)
+        self.pool2 = AvgPool(2)
+        self.flatten = Flatten()
+        self.dense1 = nnx.Linear(7 * 7 * 32, 128, **kw)
+        self.dense2 = nnx.Linear(128, 10, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = jax.nn.relu(self.conv1(x))
+        a = self.pool2(jax.nn.relu(self.conv2(a)))
+        a = jax.nn.relu(self.dense1(self.flatten(a)))
+        return self.dense2(a)
+
+
 class MaxNet(nnx.Module):
     """The paper's Fig. 6 network: Linear(2, 3) -> ReLU -> Linear(3, 1) -> ReLU, fixed weights.
 
@@ -187,6 +222,28 @@ class CNNLinen(nn.Module):
         return self.dense2(a)
 
 
+class CNNStridedLinen(nn.Module):
+    """Linen twin of :class:`CNNStrided` (same parameter names and layout)."""
+
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        self.conv1 = nn.Conv(16, (5, 5), strides=STRIDE, padding="SAME", **kw)
+        self.conv2 = nn.Conv(32, (5, 5), padding="SAME", **kw)
+        self.pool2 = LinenAvgPool(2)
+        self.flatten = LinenFlatten()
+        self.dense1 = nn.Dense(128, **kw)
+        self.dense2 = nn.Dense(10, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = nn.relu(self.conv1(x))
+        a = self.pool2(nn.relu(self.conv2(a)))
+        a = nn.relu(self.dense1(self.flatten(a)))
+        return self.dense2(a)
+
+
 class MaxNetLinen(nn.Module):
     """Linen twin of :class:`MaxNet`; use the variables ``to_linen_variables(MaxNet())``."""
 
@@ -209,7 +266,7 @@ def to_linen_variables(model: nnx.Module) -> dict[str, Any]:
     return {"params": jax.tree.map(jnp.asarray, params)}
 
 
-MODEL_NAMES = ("mlp", "cnn", "cnn_max", "cnn_nonpos")
+MODEL_NAMES = ("mlp", "cnn", "cnn_max", "cnn_nonpos", "cnn_strided")
 
 
 def _unknown(name: str) -> ValueError:
@@ -224,7 +281,8 @@ def build(
     param_dtype: Dtype = jnp.float32,
 ) -> nnx.Module:
     """Build a freshly initialised model by name: "mlp", "cnn" (avg pool), "cnn_max" (max pool),
-    "cnn_nonpos" (avg pool, biases kept <= 0 during training)."""
+    "cnn_nonpos" (avg pool, biases kept <= 0 during training), "cnn_strided" (first convolution
+    at stride 2, see :class:`CNNStrided`)."""
     kw = {"rngs": rngs, "dtype": dtype, "param_dtype": param_dtype}
     if name == "mlp":
         return MLP(**kw)
@@ -234,6 +292,8 @@ def build(
         return CNN("max", **kw)
     if name == "cnn_nonpos":
         return CNN("avg", nonpositive_bias=True, **kw)
+    if name == "cnn_strided":
+        return CNNStrided(**kw)
     raise _unknown(name)
 
 
@@ -248,4 +308,6 @@ def build_linen(
         return CNNLinen("avg", **kw)
     if name == "cnn_max":
         return CNNLinen("max", **kw)
+    if name == "cnn_strided":
+        return CNNStridedLinen(**kw)
     raise _unknown(name)
