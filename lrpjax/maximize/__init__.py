@@ -1,18 +1,30 @@
 """Activation maximization (Montavon, Samek & Mueller 2018, Part A): prototypes of classes.
 
-* plain AM: x* = argmax_x log p(ω_c|x) − λ‖x − x̄‖² (Simonyan et al. 2013 use the logit z_c);
+* plain AM: x* = argmax_x log p(ω_c|x) − λ‖x‖² (Simonyan et al. 2013 use the logit z_c);
 * AM with an expert: x* = argmax_x log p(ω_c|x) + β log p(x), p a Gaussian-Bernoulli RBM;
 * AM in code space: z* = argmax_z log p(ω_c|g(z)) − λ‖z‖², x* = g(z*), g a GAN generator
   (Nguyen et al. 2016; here a self-conditioned DCGAN with a Gaussian-mixture code prior);
 * from global to local: an extra −η‖x − x₀‖².
 
-One optax loop, ``jit(vmap(vmap(scan)))`` over targets and restarts: :func:`activation_maximization`.
-Submodules: ``loop``, ``objectives``, ``rbm`` (GB-RBM expert), ``gan`` (code space), ``cluster``
-(k-means pseudo-labels for the GAN), ``density`` (PPCA naturalness score), ``cache``
-(config-hashed checkpoints).
+One optax loop, ``jit(vmap(vmap(scan)))`` over targets and restarts: :func:`activation_maximization`;
+:func:`weighted_terms` puts a regularizer's weight into the target, so a sweep over λ or β is one
+vmapped run too. Submodules: ``loop``, ``objectives``, ``rbm`` (GB-RBM expert), ``gan`` (code
+space), ``cluster`` (k-means pseudo-labels for the GAN), ``density`` (naturalness scores: PPCA,
+nearest digit, pixel statistics), ``cache`` (config-hashed checkpoints).
 """
 
-from lrpjax.maximize.density import PPCA, fit_ppca, nearest_distance, ppca_log_prob
+from lrpjax.maximize.density import (
+    PPCA,
+    SCORES,
+    NaturalnessJudge,
+    fit_judge,
+    fit_ppca,
+    intensity_w1,
+    naturalness,
+    nearest_cosine,
+    nearest_distance,
+    ppca_log_prob,
+)
 from lrpjax.maximize.gan import (
     GANParams,
     code_starts,
@@ -41,6 +53,7 @@ from lrpjax.maximize.objectives import (
     nnx_features,
     nnx_logits,
     unit,
+    weighted_terms,
 )
 from lrpjax.maximize.rbm import (
     RBMParams,
@@ -53,9 +66,11 @@ from lrpjax.maximize.rbm import (
 
 __all__ = [
     "PPCA",
+    "SCORES",
     "AMProgram",
     "AMResult",
     "GANParams",
+    "NaturalnessJudge",
     "RBMParams",
     "Standardizer",
     "activation_maximization",
@@ -66,13 +81,17 @@ __all__ = [
     "code_starts",
     "default_unroll",
     "expert_regularizer",
+    "fit_judge",
     "fit_ppca",
     "free_energy",
     "generator",
+    "intensity_w1",
     "l2_regularizer",
     "load_or_train_gan",
     "load_or_train_rbm",
     "local_regularizer",
+    "naturalness",
+    "nearest_cosine",
     "nearest_distance",
     "nnx_features",
     "nnx_logits",
@@ -85,4 +104,5 @@ __all__ = [
     "train_gan",
     "train_rbm",
     "unit",
+    "weighted_terms",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "nnx_features",
     "nnx_logits",
     "unit",
+    "weighted_terms",
 ]
 
 BatchFn = Callable[[jax.Array], jax.Array]
@@ -173,3 +174,37 @@ def expert_regularizer(log_px: Callable[[jax.Array], jax.Array], beta: float = 1
 def local_regularizer(eta: float, x0: Any) -> Callable[[jax.Array], jax.Array]:
     """r(x) = −η‖x − x₀‖²: from global to local AM; x* → x₀ as η → ∞."""
     return l2_regularizer(eta, x0)
+
+
+def weighted_terms(objective: Callable, *terms: Callable[[jax.Array], jax.Array]) -> Callable:
+    """f(x, (t, w)) = objective(x, t) + Σ_k w_k · term_k(x): the weights travel with the target.
+
+    A sweep over regularizer weights is then one vmapped run, e.g. for AM with an expert
+    ``targets = (classes, betas[:, None])`` with ``terms = (log_px,)`` maximises
+    log p(ω_c|x) + β log p(x) for every (c, β) pair at once, with one compile. ``w`` has shape
+    (T, K) for K terms; the class check of ``objective`` (its ``validate``) still runs on t.
+    """
+    if not terms:
+        raise ValueError("weighted_terms needs at least one term")
+
+    def f(x: jax.Array, target: tuple[Any, jax.Array]) -> jax.Array:
+        t, w = target
+        return objective(x, t) + sum(w[k] * term(x) for k, term in enumerate(terms))
+
+    def validate(targets: Any, x: jax.Array) -> None:
+        if not (isinstance(targets, tuple | list) and len(targets) == 2):
+            raise ValueError("weighted_terms needs targets = (targets of the objective, weights "
+                             f"(T, {len(terms)}))")
+        t, w = targets
+        w = np.asarray(jax.device_get(w))
+        if w.ndim != 2 or w.shape[1] != len(terms):
+            raise ValueError(f"weights must have shape (T, {len(terms)}) for {len(terms)} "
+                             f"term(s), got {w.shape}")
+        if not np.all(np.isfinite(w)):
+            raise ValueError("weights must be finite")
+        inner = getattr(objective, "validate", None)
+        if inner is not None:
+            inner(t, x)
+
+    f.validate = validate
+    return f
