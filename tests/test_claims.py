@@ -46,3 +46,16 @@ def test_a_results_file_with_a_typed_claim_is_refused():
     with pytest.raises(TypeError, match="holds must be"):
         claims.claims_of({"fig": {"claims": [{"claim": "c", "paper": "p", "holds": "true",
                                               "evidence": "e"}]}})
+
+
+def test_readme_claims_table_is_generated_from_the_committed_results():
+    """The README's table is the quick run's docs/figures/results.json, rendered (no drift)."""
+    results = json.loads((ROOT / "docs" / "figures" / "results.json").read_text())
+    assert results["reproduce"]["mode"] == "quick"
+    text = (ROOT / "README.md").read_text()
+    begin = text.index(claims.TABLE_BEGIN)
+    end = text.index(claims.TABLE_END) + len(claims.TABLE_END)
+    assert text[begin:end] == claims.markdown_table(results)
+    sections = {section for section, _ in claims.claims_of(results)}
+    assert {"fig_maxnet", "fig_heatmaps", "fig_flipping", "fig_translation", "fig_continuity",
+            "am", "am_cartoon", "am_local", "photos", "fig_transformer"} <= sections
