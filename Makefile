@@ -18,9 +18,11 @@ PYTHON_LOWEST ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.11*/bin/python3
 COMPAT := $(VENV)/compat
 # A fast subset (about 2-3 minutes on 2 idle cores): the API, the function front-end, every rule
 # against Zennit, the engine's zoo of models as the Flax docs write them, canonizers, sharding,
-# the README example, packaging and docs. `make test-compat COMPAT_TESTS=tests` runs everything.
+# the transformer rules against their float64 reference, faithfulness curves, the README
+# example, packaging and docs. `make test-compat COMPAT_TESTS=tests` runs everything.
 COMPAT_TESTS ?= tests/test_lrp_api.py tests/test_jaxpr.py tests/test_zennit.py tests/test_zoo.py \
   tests/test_rules_precision.py tests/test_canonizers.py tests/test_sharded.py \
+  tests/test_transformer.py tests/test_faithfulness.py \
   tests/test_readme.py tests/test_packaging.py tests/test_docs.py
 COMPAT_PYTEST := -m pytest -n 2 -q -p no:cacheprovider
 
