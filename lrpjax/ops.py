@@ -26,7 +26,8 @@ activations):
   not): relevance passes unchanged (kind "activation");
 * ``structural`` -- data movement and casts: relevance is carried exactly (the gradient of a
   pure data movement moves relevance without changing it);
-* ``call`` -- jit / custom_jvp / custom_vjp / checkpoint calls: the engine walks their body;
+* ``call`` -- jit / custom_jvp / custom_vjp / checkpoint calls: the engine walks their body
+  (a checkpoint's under ``jax.checkpoint`` again);
 * ``stop`` -- ``stop_gradient``: the result is a constant, no relevance flows back.
 """
 
@@ -51,6 +52,9 @@ CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
          "custom_vjp_call_jaxpr": "fun_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr",
          "remat2": "jaxpr"}
+REMAT = ("checkpoint", "remat", "remat2")
+"""``jax.checkpoint`` calls: the engine runs their body under ``jax.checkpoint`` again, so the
+rules' residuals are recomputed in the backward pass as the gradient's are."""
 STOP = ("stop_gradient",)
 
 ACTIVATIONS = frozenset({
@@ -63,7 +67,8 @@ traces them as a named call or inlines their equations."""
 
 HANDLING: dict[str, str] = {
     **{p: "linear" for p in LINEAR}, **{p: "sum" for p in SUMS},
-    **{p: "structural" for p in STRUCTURAL}, **{p: "call" for p in CALLS},
+    **{p: "structural" for p in STRUCTURAL},
+    **{p: "checkpoint" if p in REMAT else "call" for p in CALLS},
     **{p: "stop" for p in STOP}, **{p: "activation" for p in ELEMENTWISE_ACTIVATIONS},
     "clamp": "activation", "neg": "affine", "mul": "affine", "div": "affine",
     "add": "affine or add", "sub": "affine or add", "add_any": "add",
@@ -107,6 +112,8 @@ _WHAT = {
     "select": "winner-take-all, the plain gradient (kind maxpool)",
     "structural": "carried exactly",
     "call": "the engine walks the body",
+    "checkpoint": "the engine walks the body under `jax.checkpoint` again (same policy): the "
+                  "rules' residuals are recomputed in the backward pass, as the gradient's are",
     "stop": "constant: no relevance flows back",
 }
 

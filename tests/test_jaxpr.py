@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -147,3 +148,48 @@ def test_gradient_methods_take_params_like_relevance():
                 (fn, {"params": state, "variables": state}, ValueError, "not both")):
             with pytest.raises(error, match=match):
                 call(model_, **kw)
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs in its equations' parameters."""
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in v if isinstance(v, tuple | list) else (v,):
+                if isinstance(sub, jex.core.ClosedJaxpr | jex.core.Jaxpr):
+                    yield from _eqns(getattr(sub, "jaxpr", sub))
+
+
+def test_checkpointed_blocks_stay_checkpointed():
+    """``jax.checkpoint`` bodies run under ``jax.checkpoint`` again, policy kept: the rules'
+    backward (the division by z) runs where the forward is recomputed, so LRP keeps the
+    gradient's memory savings on long inputs; the heatmap is unchanged."""
+    rng = np.random.default_rng(4)
+    Ws = [jnp.asarray(rng.normal(size=(6, 6)) / 3, jnp.float32) for _ in range(3)]
+    policy = jax.checkpoint_policies.dots_saveable
+
+    def fn(x, remat):
+        h = x
+        for W in Ws[:2]:
+            block = lambda a, W=W: a + jax.nn.relu(a @ W)
+            h = jax.checkpoint(block, policy=policy)(h) if remat else block(h)
+        return h @ Ws[2]
+
+    comp = C.Composite(C.by_type({"dense": R.Epsilon(0.0), "add": R.Norm(0.0)}))
+    x = jnp.asarray(rng.uniform(0, 1, size=(5, 6)), jnp.float32)
+    lrp = lambda a, remat: lrpjax.relevance(lambda b: fn(b, remat), a, composite=comp,
+                                            target=0)
+    np.testing.assert_allclose(lrp(x, True), lrp(x, False), rtol=1e-6, atol=1e-7)
+    (rows, _), (plain, _) = (lrpjax.layer_relevance(lambda b, r=r: fn(b, r), x, composite=comp,
+                                                    target=0) for r in (True, False))
+    assert [r.path for r in rows] == [r.path for r in plain] and len(rows) >= 4  # taps inside
+    for r, p in zip(rows, plain, strict=True):
+        np.testing.assert_allclose(r.r_out, p.r_out, rtol=1e-6, atol=1e-7)
+    for method, rule_op in ((lambda a: lrp(a, True), "div"),
+                            (lambda a: lrpjax.gradient(lambda b: fn(b, True), a, target=0), None)):
+        remats = [e for e in _eqns(jax.make_jaxpr(method)(x).jaxpr)
+                  if e.primitive.name in ("checkpoint", "remat", "remat2")]
+        assert len(remats) == 2 and all(e.params["policy"] is policy for e in remats)
+        for e in remats:
+            body = {q.primitive.name for q in _eqns(e.params["jaxpr"])}
+            assert "dot_general" in body and (rule_op is None or rule_op in body), body

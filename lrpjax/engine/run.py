@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .. import ops
 from ..core import apply_rule
 from ..rules import Gradient
 from .graph import Plan, _bind, _body, _Call, _Layer, _Level, _lit
@@ -56,13 +57,23 @@ def _run(level: _Level, jaxpr: Any, consts: list, args: list, taps: Taps | None 
         if act is None:
             outs = _bind(eqn, [_read(env, v) for v in eqn.invars])
         elif isinstance(act, _Call):
-            outs = _run(act.level, act.jaxpr, act.consts, [_read(env, v) for v in eqn.invars],
-                        taps)
+            outs = _call(act, eqn, [_read(env, v) for v in eqn.invars], taps)
         else:
             env[act.out] = _layer(act, eqns, env, taps)
             continue
         env.update(zip(eqn.outvars, outs, strict=True))
     return [_read(env, v) for v in jaxpr.outvars]
+
+
+def _call(act: _Call, eqn: Any, args: list, taps: Taps | None) -> list:
+    """The body of a call, walked; a ``jax.checkpoint`` body stays under ``jax.checkpoint``
+    (same ``policy`` and ``prevent_cse``), so LRP keeps the gradient's memory savings."""
+    def body(*a: Any) -> list:
+        return _run(act.level, act.jaxpr, act.consts, list(a), taps)
+    if eqn.primitive.name in ops.REMAT:
+        body = jax.checkpoint(body, prevent_cse=eqn.params.get("prevent_cse", True),
+                              policy=eqn.params.get("policy"))
+    return body(*args)
 
 
 def _layer(act: _Layer, eqns: list, env: dict, taps: Taps | None) -> Any:
