@@ -48,6 +48,14 @@ class Rule(Protocol):
     ``uses_output_gate = True`` is called with ``gated=True`` where the analysis proved that
     the relevance reaching the layer is zero wherever its output z < 0. Rules without the
     attributes never see the keywords.
+
+    Memory: the backward pass keeps ``(params, inputs, z)`` by default. A rule that defines
+    ``keep(fwd, params, inputs, z) -> kept`` and ``restore(fwd, kept, params, inputs, z) ->
+    (params, inputs, z)`` keeps less and rebuilds the rest (``restore`` gets
+    ``jax.ShapeDtypeStruct`` stand-ins for what it does not keep): :class:`~lrpjax.rules.Pass`
+    keeps nothing, :class:`lrpjax.transformer.UniformProduct` recomputes z,
+    :class:`lrpjax.transformer.SoftmaxTaylor` keeps s and a per-row constant instead of the
+    T x T scores.
     """
 
     def __call__(
@@ -74,18 +82,25 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
     def layer(p: Params, *xs: Array) -> Array:
         return fwd(p, *xs)
 
-    def layer_fwd(p: Params, *xs: Array) -> tuple[Array, tuple]:
-        z = fwd(p, *xs)
-        return z, (p, xs, z)
+    keep, restore = getattr(rule, "keep", None), getattr(rule, "restore", None)
+    like = jax.tree.map(_stand_in, (params, inputs))
+    out_like: list = [None]
 
-    def layer_bwd(res: tuple, R: Array) -> tuple:
-        p, xs, z = res
+    def layer_fwd(p: Params, *xs: Array) -> tuple[Array, Any]:
+        z = fwd(p, *xs)
+        if keep is None:
+            return z, (p, xs, z)
+        out_like[0] = _stand_in(z)
+        return z, keep(fwd, p, xs, z)
+
+    def layer_bwd(res: Any, R: Array) -> tuple:
+        p, xs, z = res if restore is None else restore(fwd, res, *like, out_like[0])
         R_in = rule(fwd, p, xs, z, R, **known)
         if len(R_in) != len(xs):
             raise ValueError(f"{rule!r} at {name!r} returned {len(R_in)} relevances for "
                              f"{len(xs)} inputs")
-        R_in = tuple(r.astype(x.dtype) for r, x in zip(R_in, xs, strict=True))
-        return (jax.tree.map(_zero_cotangent, p), *R_in)
+        R_in = tuple(r.astype(x.dtype) for r, x in zip(R_in, like[1], strict=True))
+        return (jax.tree.map(_zero_cotangent, like[0]), *R_in)
 
     layer.defvjp(layer_fwd, layer_bwd)
     return layer(params, *inputs)
@@ -200,11 +215,16 @@ def _accepts(rule: Any, flag: str, keyword: str) -> bool:
     return keyword in names or "*" in names
 
 
+def _stand_in(leaf: Any) -> jax.ShapeDtypeStruct:
+    """An array's shape and dtype, for what a rule's backward pass does not keep."""
+    return jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf))
+
+
 def _zero_cotangent(leaf: Any) -> Any:
     """A zero cotangent for a parameter leaf (float0 for integer leaves such as RNG counters)."""
     dtype = getattr(leaf, "dtype", None)
     if dtype is not None and (jnp.issubdtype(dtype, jnp.inexact)):
-        return jnp.zeros_like(leaf)
+        return jnp.zeros(np.shape(leaf), dtype)
     return np.zeros(np.shape(leaf), dtype=jax.dtypes.float0)
 
 

@@ -384,6 +384,13 @@ class Pass:
 
     passes_relevance: ClassVar[bool] = True
 
+    def keep(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array) -> tuple:
+        """Nothing: the backward pass needs the input's shape only."""
+        return ()
+
+    def restore(self, fwd: LayerFn, kept: tuple, params: Any, inputs: Inputs, z: Any) -> tuple:
+        return params, inputs, z
+
     def __call__(self, fwd: LayerFn, params: Any, inputs: Inputs, z: Array, R: Array) -> Inputs:
         a = _one(self, inputs)
         if a.size != R.size:

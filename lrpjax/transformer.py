@@ -46,8 +46,17 @@ class UniformProduct:
     values_only: bool = False
     scales_by_input: ClassVar[bool] = True
 
-    def __call__(self, fwd: Any, params: Any, inputs: tuple, z: Array, R: Array) -> tuple:
-        _, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
+    def keep(self, fwd: Any, params: Any, inputs: tuple, z: Array) -> tuple:
+        """Keep the factors only: z (q k^T is T x T per head) is recomputed backward."""
+        return params, inputs
+
+    def restore(self, fwd: Any, kept: tuple, params: Any, inputs: tuple, z: Any) -> tuple:
+        return (*kept, None)
+
+    def __call__(self, fwd: Any, params: Any, inputs: tuple, z: Array | None,
+                 R: Array) -> tuple:
+        z_again, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
+        z = z_again if z is None else z
         grads = pull(_divide(R, stabilize(z, self.epsilon)))
         n = len(inputs)
         return tuple(x * g / n for x, g in zip(inputs, grads, strict=True))
@@ -56,9 +65,34 @@ class UniformProduct:
 @dataclass(frozen=True)
 class SoftmaxTaylor:
     """AttnLRP's softmax rule: R_in = x (dz/dx)^T (R / z) = x (R - s sum_j R_j) for z = s =
-    softmax(x); zero where x is not finite (masked scores, -inf)."""
+    softmax(x); zero where x is not finite (masked scores, -inf).
+
+    Memory: the backward pass keeps s (the gradient keeps it too) and c = x - log s, one
+    number per softmax row, instead of the T x T scores x, and rebuilds x = log s + c; where
+    s = 0 (a masked score, or exp underflowed) R_in = 0, as it is for x = -inf.
+    """
 
     scales_by_input: ClassVar[bool] = True
+
+    def keep(self, fwd: Any, params: Any, inputs: tuple, z: Array) -> tuple:
+        """Keep s and c = x - log s (constant along the softmax's axes, so kept reduced)
+        instead of the scores x: x = log s + c is rebuilt backward. Where the axes cannot be
+        read off ``fwd``, x itself is kept."""
+        (x,) = inputs
+        axes = _softmax_axes(fwd, params, x)
+        if axes is None:
+            return params, x, z
+        pos = z > 0
+        c = jnp.max(jnp.where(pos, x - jnp.log(jnp.where(pos, z, 1)), -jnp.inf), axis=axes,
+                    keepdims=True)
+        return params, c, z
+
+    def restore(self, fwd: Any, kept: tuple, params: Any, inputs: tuple, z: Any) -> tuple:
+        p, a, z = kept
+        if _softmax_axes(fwd, p, inputs[0]) is None:  # the same static choice as keep's
+            return p, (a,), z
+        pos = z > 0  # s = 0: x = -inf (a masked score) or an underflow; R_in = 0 there
+        return p, (jnp.where(pos, jnp.log(jnp.where(pos, z, 1)) + a, -jnp.inf),), z
 
     def __call__(self, fwd: Any, params: Any, inputs: tuple, z: Array, R: Array) -> tuple:
         (x,) = inputs
@@ -66,6 +100,29 @@ class SoftmaxTaylor:
         (g,) = pull(_divide(R, z))
         finite = jnp.isfinite(x)
         return (jnp.where(finite, jnp.where(finite, x, 0) * g, 0),)
+
+
+def _softmax_axes(fwd: Any, params: Any, x: Array) -> tuple[int, ...] | None:
+    """The axes a softmax ``fwd(params, x)`` normalises over: those of its reductions of
+    x-shaped values (``jax.nn.softmax``: max and sum over ``axis``); None unless all agree
+    and the output has x's shape (then the rule keeps x itself)."""
+    found: set[tuple[int, ...]] = set()
+
+    def walk(jaxpr: Any) -> None:
+        for e in jaxpr.eqns:
+            if e.primitive.name in ("reduce_max", "reduce_sum", "argmax") \
+                    and tuple(e.invars[0].aval.shape) == tuple(x.shape):
+                found.add(tuple(sorted(int(a) for a in e.params["axes"])))
+            for v in e.params.values():
+                for sub in v if isinstance(v, tuple | list) else (v,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jax.make_jaxpr(lambda a: fwd(params, a))(x).jaxpr)
+    out = jax.eval_shape(lambda a: fwd(params, a), x)
+    same = tuple(out.shape) == tuple(x.shape)
+    return found.pop() if len(found) == 1 and same and x.ndim else None
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,64 @@ def test_describe_says_what_each_preset_holds_constant():
             assert not held_attn and len(softmax) == 1
     text = str(lrpjax.describe(model, x, composite=T.CPLRP()))
     assert "attention weights held constant" in text and "normaliser held constant" in text
+
+
+def _score_sized_residuals(f, x, t: int) -> int:
+    """How many float (.., t, t) arrays JAX keeps from f's forward pass for its backward."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(f, x)
+    return sum(1 for line in out.getvalue().splitlines()
+               if line.startswith("f32[") and line.split("]")[0].endswith(f",{t},{t}"))
+
+
+def test_attention_keeps_no_more_score_sized_arrays_than_the_gradient():
+    """Memory on long inputs: the rules keep what the gradient keeps of the T x T scores.
+    The product rule recomputes q k^T backward, the softmax rule keeps s and one constant per
+    row (x = log s + c), a scale by 1 / sqrt(d) (relevance passes) keeps nothing. Before, the
+    rules kept q k^T, the scaled scores, the softmax's input and output: 5 arrays, not 2."""
+    from lrpjax import explain, frontends
+    t, d = 24, 8
+    rng = np.random.default_rng(7)
+    Wq, Wk, Wv = (jnp.asarray(rng.normal(size=(d, 2, d)) / 3, jnp.float32) for _ in range(3))
+
+    def model(a):
+        q, k, v = (jnp.einsum("ntd,dhe->nhte", a, W) for W in (Wq, Wk, Wv))
+        s = jnp.einsum("nhte,nhse->nhts", q, k) * d ** -0.5
+        att = jax.nn.softmax(jnp.where(np.tril(np.ones((t, t), bool)), s, -jnp.inf), axis=-1)
+        return jnp.einsum("nhts,nhse->nhte", att, v).sum(axis=(1, 2, 3))[:, None]
+
+    x = jnp.asarray(rng.normal(size=(1, t, d)), jnp.float32)
+    static, dynamic = frontends.split(model, None, None, None)
+    f, _ = explain.lrp_function(static, dynamic, T.AttnLRP(), x)
+    ours, grad = (_score_sized_residuals(lambda a, g=g: g(a)[0, 0], x, t) for g in (f, model))
+    assert 1 <= ours <= grad, (ours, grad)
+
+
+@pytest.mark.parametrize("case", ["masked", "two_axes"])
+def test_softmax_rule_rebuilds_its_input_exactly(case, monkeypatch):
+    """x = log s + c rebuilt backward gives the relevance of the kept x (rtol 1e-5): a causal
+    -inf mask with scores so large that exp underflows (s = 0 at finite x), and a softmax
+    over two axes."""
+    rng = np.random.default_rng(3)
+    V = jnp.asarray(rng.normal(size=(24, 1)), jnp.float32)
+    mask = np.tril(np.ones((4, 6), bool), 2)
+    softmax = ((lambda a: jax.nn.softmax(jnp.where(mask, a, -jnp.inf), axis=-1))
+               if case == "masked" else (lambda a: jax.nn.softmax(a, axis=(1, 2))))
+    x = jnp.asarray((30 if case == "masked" else 3) * rng.normal(size=(2, 4, 6)), jnp.float32)
+    assert T._softmax_axes(lambda p, a: softmax(a), None, x) == (
+        (2,) if case == "masked" else (1, 2))
+    if case == "masked":
+        s = softmax(x)
+        assert bool(jnp.any((s == 0) & mask))  # underflowed at finite scores
+    lrp = lambda: lrpjax.relevance(lambda a: softmax(a).reshape(a.shape[0], -1) @ V, x,
+                                   composite=T.AttnLRP(), target=0)
+    rebuilt = lrp()
+    monkeypatch.setattr(T, "_softmax_axes", lambda *a: None)  # keep x itself
+    kept = lrp()
+    assert float(jnp.abs(kept).max()) > 1e-3
+    np.testing.assert_allclose(rebuilt, kept, rtol=1e-5, atol=1e-6 * float(jnp.abs(kept).max()))
