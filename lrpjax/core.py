@@ -55,7 +55,8 @@ class Rule(Protocol):
     ``jax.ShapeDtypeStruct`` stand-ins for what it does not keep): :class:`~lrpjax.rules.Pass`
     keeps nothing, :class:`lrpjax.transformer.UniformProduct` recomputes z,
     :class:`lrpjax.transformer.SoftmaxTaylor` keeps s and a per-row constant instead of the
-    T x T scores.
+    T x T scores. The kept values reach ``restore`` through an optimization barrier together
+    with R (as in ``jax.checkpoint``), so the rebuild runs once R is known.
     """
 
     def __call__(
@@ -94,6 +95,10 @@ def apply_rule(fwd: LayerFn, rule: Rule, params: Params, *inputs: Array, name: s
         return z, keep(fwd, p, xs, z)
 
     def layer_bwd(res: Any, R: Array) -> tuple:
+        if restore is not None:
+            # rebuild only once R arrives: the barrier stops XLA from merging the rebuilt
+            # values with the forward pass's (CSE) and so keeping those alive after all
+            res, R = jax.lax.optimization_barrier((res, R))
         p, xs, z = res if restore is None else restore(fwd, res, *like, out_like[0])
         R_in = rule(fwd, p, xs, z, R, **known)
         if len(R_in) != len(xs):

@@ -55,6 +55,8 @@ class UniformProduct:
 
     def __call__(self, fwd: Any, params: Any, inputs: tuple, z: Array | None,
                  R: Array) -> tuple:
+        if z is None:  # recompute z: from factors tied to R, see _after
+            inputs = _after(R, inputs)
         z_again, pull = jax.vjp(lambda *xs: fwd(params, *xs), *inputs)
         z = z_again if z is None else z
         grads = pull(_divide(R, stabilize(z, self.epsilon)))
@@ -92,7 +94,9 @@ class SoftmaxTaylor:
         if _softmax_axes(fwd, p, inputs[0]) is None:  # the same static choice as keep's
             return p, (a,), z
         pos = z > 0  # s = 0: x = -inf (a masked score) or an underflow; R_in = 0 there
-        return p, (jnp.where(pos, jnp.log(jnp.where(pos, z, 1)) + a, -jnp.inf),), z
+        # 2, not keep's 1, where s = 0 (discarded): a different expression from keep's log s,
+        # which XLA therefore cannot merge with this one (CSE) and keep alive from the forward
+        return p, (jnp.where(pos, jnp.log(jnp.where(pos, z, 2)) + a, -jnp.inf),), z
 
     def __call__(self, fwd: Any, params: Any, inputs: tuple, z: Array, R: Array) -> tuple:
         (x,) = inputs
@@ -100,6 +104,24 @@ class SoftmaxTaylor:
         (g,) = pull(_divide(R, z))
         finite = jnp.isfinite(x)
         return (jnp.where(finite, jnp.where(finite, x, 0) * g, 0),)
+
+
+def _after(R: Array, xs: tuple) -> tuple:
+    """xs again, as values XLA can only compute once R is known: x + 0 * R[0].
+
+    A rule that recomputes a large value backward (q k^T) from kept inputs would otherwise get
+    it merged by XLA's common-subexpression elimination with the forward pass's copy, which
+    then stays alive through the backward pass. :func:`lrpjax.core.apply_rule` also puts the
+    kept values behind an optimization barrier with R (as ``jax.checkpoint`` does), but
+    XLA:CPU drops barriers before CSE; the dependency here holds on every backend. Factors
+    are small next to what they recompute (T x d against T x T), so the adds cost little.
+    """
+    if R.size == 0:
+        return xs
+    r = R.reshape(-1)[0]
+    tie = 0 * jnp.where(jnp.isfinite(r), r, 0)  # 0 even where R is not finite
+    return tuple(x + tie.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+                 for x in xs)
 
 
 def _softmax_axes(fwd: Any, params: Any, x: Array) -> tuple[int, ...] | None:

@@ -171,13 +171,9 @@ def _score_sized_residuals(f, x, t: int) -> int:
                if line.startswith("f32[") and line.split("]")[0].endswith(f",{t},{t}"))
 
 
-def test_attention_keeps_no_more_score_sized_arrays_than_the_gradient():
-    """Memory on long inputs: the rules keep what the gradient keeps of the T x T scores.
-    The product rule recomputes q k^T backward, the softmax rule keeps s and one constant per
-    row (x = log s + c), a scale by 1 / sqrt(d) (relevance passes) keeps nothing. Before, the
-    rules kept q k^T, the scaled scores, the softmax's input and output: 5 arrays, not 2."""
+def _causal_attention(t: int, d: int) -> tuple:
+    """(model, x, relevance function of AttnLRP): one causal attention, 2 heads, random weights."""
     from lrpjax import explain, frontends
-    t, d = 24, 8
     rng = np.random.default_rng(7)
     Wq, Wk, Wv = (jnp.asarray(rng.normal(size=(d, 2, d)) / 3, jnp.float32) for _ in range(3))
 
@@ -190,8 +186,43 @@ def test_attention_keeps_no_more_score_sized_arrays_than_the_gradient():
     x = jnp.asarray(rng.normal(size=(1, t, d)), jnp.float32)
     static, dynamic = frontends.split(model, None, None, None)
     f, _ = explain.lrp_function(static, dynamic, T.AttnLRP(), x)
+    return model, x, f
+
+
+def test_attention_keeps_no_more_score_sized_arrays_than_the_gradient():
+    """Memory on long inputs: the rules keep what the gradient keeps of the T x T scores.
+    The product rule recomputes q k^T backward, the softmax rule keeps s and one constant per
+    row (x = log s + c), a scale by 1 / sqrt(d) (relevance passes) keeps nothing. Before, the
+    rules kept q k^T, the scaled scores, the softmax's input and output: 5 arrays, not 2."""
+    t = 24
+    model, x, f = _causal_attention(t, 8)
     ours, grad = (_score_sized_residuals(lambda a, g=g: g(a)[0, 0], x, t) for g in (f, model))
     assert 1 <= ours <= grad, (ours, grad)
+
+
+def test_rebuilt_scores_wait_for_the_relevance():
+    """What a rule rebuilds backward (q k^T, x = log s + c) is computed from the outputs of an
+    optimization barrier that also takes the incoming relevance, as jax.checkpoint does: XLA
+    can then neither hoist the rebuild into the forward pass nor merge it with the forward's
+    q k^T (CSE), which would keep the T x T scores alive after all. (XLA:CPU drops barriers
+    early, so only backends that keep them, GPU and TPU, see the saving.)"""
+    t = 24
+    _, x, f = _causal_attention(t, 8)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda a: f(a)[0, 0]))(x).jaxpr
+    after: set = set()  # values computed from a barrier's outputs
+    square = {True: [], False: []}  # T x T dot products and logs, after a barrier or not
+    for e in jaxpr.eqns:
+        late = e.primitive.name == "optimization_barrier" or any(
+            not isinstance(v, jax.extend.core.Literal) and v in after for v in e.invars)
+        if late:
+            after.update(e.outvars)
+        if e.primitive.name in ("dot_general", "log") \
+                and tuple(e.outvars[0].aval.shape[-2:]) == (t, t):
+            square[late].append(e.primitive.name)
+    # before: the forward's q k^T and keep's log s; after: q k^T again, log s, and the
+    # product rule's (R / z) v^T
+    assert sorted(square[False]) == ["dot_general", "log"], square
+    assert sorted(square[True]) == ["dot_general", "dot_general", "log"], square
 
 
 @pytest.mark.parametrize("case", ["masked", "two_axes"])
