@@ -225,6 +225,25 @@ def test_rebuilt_scores_wait_for_the_relevance():
     assert sorted(square[True]) == ["dot_general", "dot_general", "log"], square
 
 
+def test_recomputed_product_depends_on_the_relevance():
+    """The product rule recomputes z = q k^T from factors tied to R, so no backend can merge it
+    with the forward's q k^T: XLA:CPU drops the optimization barrier before CSE (there the
+    tie took one attention at T = 2,048 from 1.29x to 1.05x the gradient's temporaries)."""
+    fwd = lambda p, a, b: a @ b.T
+    q, k, R = (jnp.ones((6, 4)), jnp.ones((6, 4)), jnp.ones((6, 6)))
+    jaxpr = jax.make_jaxpr(lambda r, a, b: T.UniformProduct()(fwd, None, (a, b), None, r))(
+        R, q, k).jaxpr
+    tied = {jaxpr.invars[0]}  # values computed from R
+    for e in jaxpr.eqns:
+        if any(not isinstance(v, jax.extend.core.Literal) and v in tied for v in e.invars):
+            tied.update(e.outvars)
+        if e.primitive.name == "dot_general":  # the first product is the recomputed z
+            assert e.outvars[0] in tied
+            break
+    else:
+        raise AssertionError("no product in the rule's jaxpr")
+
+
 @pytest.mark.parametrize("case", ["masked", "two_axes"])
 def test_softmax_rule_rebuilds_its_input_exactly(case, monkeypatch):
     """x = log s + c rebuilt backward gives the relevance of the kept x (rtol 1e-5): a causal
